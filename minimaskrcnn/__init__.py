@@ -1,5 +1,25 @@
 """minimaskrcnn: Mask R-CNN instance segmentation in readable NumPy with Numba-jitted hot loops.
 
-Reproduces torchvision's `maskrcnn_resnet50_fpn` / `fasterrcnn_resnet50_fpn` (v1 and v2) from converted weights.
+Reproduces torchvision's `maskrcnn_resnet50_fpn` / `fasterrcnn_resnet50_fpn` (v1 and v2) from converted weights:
+
+    import minimaskrcnn
+    model = minimaskrcnn.load("maskrcnn_resnet50_fpn_coco")   # or a converted .npz, or a torchvision .pth
+    det = model.predict("photo.jpg")                          # boxes, labels, scores, masks, class_names
 """
 __version__ = "0.1.0"
+
+__all__ = ["load", "MaskRCNN", "Detections", "Config", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy, so that `minimaskrcnn --help` and `import minimaskrcnn.config` stay fast (no Numba import).
+    if name in ("load", "MaskRCNN"):
+        from . import model
+        return getattr(model, name)
+    if name == "Detections":
+        from .detections import Detections
+        return Detections
+    if name == "Config":
+        from .config import Config
+        return Config
+    raise AttributeError(f"module 'minimaskrcnn' has no attribute {name!r}")

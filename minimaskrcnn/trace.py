@@ -17,9 +17,15 @@ import numpy as np
 class Trace(OrderedDict):
     """Ordered mapping stage name -> np.ndarray, plus `timings` (stage -> seconds) and `summary()`."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, keep_arrays: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.keep_arrays = keep_arrays
         self.timings: OrderedDict[str, float] = OrderedDict()
+
+    def record(self, **arrays):
+        """Store named intermediates, in call order (a no-op when the run keeps only timings)."""
+        if self.keep_arrays:
+            self.update(arrays)
 
     @contextmanager
     def timed(self, stage: str):

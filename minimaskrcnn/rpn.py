@@ -1,0 +1,91 @@
+"""Stage 3: the Region Proposal Network (Faster R-CNN, Ren et al. 2015, §3.1; torchvision models/detection/rpn.py).
+
+A small conv head scores every anchor on every FPN level and regresses a box delta for it; the best anchors per level
+are decoded into boxes, clipped, de-duplicated by NMS per level, and the top 1000 become the proposals (facts §4).
+
+Shape glossary
+    L: number of pyramid levels (5: P2..P6)      A: anchors per location (3 aspect ratios)
+    Hl, Wl: size of level l                       K: total anchors, sum over l of Hl*Wl*A (217,413 at 800x1088)
+    T: candidates after per-level top-k, sum of min(pre_nms_top_n, Hl*Wl*A)
+    P: proposals after NMS (<= post_nms_top_n)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import heads, ops
+from .config import Config
+
+
+class RPNOutput(NamedTuple):
+    anchors: np.ndarray           # (K, 4) x1, y1, x2, y2 in padded-image pixels, levels concatenated
+    objectness: np.ndarray        # (K,) logits, anchor order
+    rpn_deltas: np.ndarray        # (K, 4) dx, dy, dw, dh, anchor order
+    candidate_boxes: np.ndarray   # (T, 4) decoded top-k boxes, clipped, before NMS, resized-image pixels
+    candidate_scores: np.ndarray  # (T,) objectness probabilities of the candidates
+    candidate_levels: np.ndarray  # (T,) int64 pyramid level of each candidate
+    proposals: np.ndarray         # (P, 4) x1, y1, x2, y2 in resized-image pixels, by descending score
+    proposal_scores: np.ndarray   # (P,) objectness probabilities
+
+
+def flatten_head_outputs(objectness: list, deltas: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per-level head maps -> one row per anchor, in anchor order (torchvision concat_box_prediction_layers).
+
+    Channel a of the objectness map belongs to anchor a; deltas channels 4a..4a+3 are (dx, dy, dw, dh) of anchor a.
+    """
+    logits, boxes = [], []
+    for obj, dlt in zip(objectness, deltas):
+        a, h, w = obj.shape
+        logits.append(obj.transpose(1, 2, 0).reshape(-1))                    # (A, H, W) -> (H, W, A) -> (H*W*A,)
+        boxes.append(dlt.reshape(a, 4, h, w).transpose(2, 3, 0, 1).reshape(-1, 4))
+        #                         (A*4, H, W) -> (A, 4, H, W) -> (H, W, A, 4) -> (H*W*A, 4)
+    return np.concatenate(logits), np.concatenate(boxes)                     # (K,), (K, 4)
+
+
+def top_k_per_level(logits: np.ndarray, level_sizes: list, k: int) -> np.ndarray:
+    """Indices of the k highest logits of each level, each level's sorted by descending logit. (T,) int64
+
+    torchvision uses torch.topk, which breaks exact ties arbitrarily; a stable sort keeps the lower index first.
+    """
+    picked, start = [], 0
+    for n in level_sizes:
+        level = logits[start:start + n]                                       # (n,)
+        kk = min(k, n)
+        top = np.argpartition(-level, kk - 1)[:kk] if kk < n else np.arange(n)  # the kk best, unordered
+        top = top[np.argsort(-level[top], kind="stable")]                    # (kk,) descending logit
+        picked.append(top + start)
+        start += n
+    return np.concatenate(picked).astype(np.int64)                           # (T,)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, evaluated in float64 and rounded to float32 (closest to torch's float32 sigmoid)."""
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def rpn_forward(head_weights, pyramid: list, padded_shape, image_size, cfg: Config) -> RPNOutput:
+    """Score all anchors of the FPN levels and select proposals (facts §4.4, exact order of operations).
+
+    pyramid: L feature maps (C, Hl, Wl); padded_shape: (Hp, Wp); image_size: resized unpadded (h, w).
+    """
+    objectness, deltas = heads.rpn_head_forward(head_weights, pyramid)      # L x (A, Hl, Wl), L x (4A, Hl, Wl)
+    feature_shapes = [p.shape[1:] for p in pyramid]
+    anchors = ops.grid_anchors(feature_shapes, padded_shape, cfg.anchor_sizes, cfg.aspect_ratios)  # (K, 4)
+    logits, rpn_deltas = flatten_head_outputs(objectness, deltas)           # (K,), (K, 4)
+    level_sizes = [o.size for o in objectness]                               # Hl*Wl*A per level
+
+    # 1. Top-k logits per level. Decoding is elementwise, so decoding only these equals decoding all (facts §4.3).
+    idx = top_k_per_level(logits, level_sizes, cfg.rpn_pre_nms_top_n)        # (T,)
+    levels = np.repeat(np.arange(len(level_sizes)), level_sizes)[idx]        # (T,) int64
+    boxes = ops.decode_boxes(rpn_deltas[idx], anchors[idx], (1.0, 1.0, 1.0, 1.0))  # (T, 4)
+    # 2.-5. probabilities, clip to the resized (not padded) image, drop tiny boxes, score threshold.
+    scores = sigmoid(logits[idx])                                            # (T,)
+    boxes = ops.clip_boxes(boxes, image_size)                                # (T, 4)
+    keep = ops.remove_small_boxes(boxes, cfg.rpn_min_size)
+    keep = keep[scores[keep] >= np.float32(cfg.rpn_score_thresh)]
+    boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+    # 6.-7. NMS independently per level, then the best post_nms_top_n across levels.
+    keep = ops.batched_nms(boxes, scores, levels, cfg.rpn_nms_thresh)[:cfg.rpn_post_nms_top_n]
+    return RPNOutput(anchors, logits, rpn_deltas, boxes, scores, levels, boxes[keep], scores[keep])
