@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
+
 from . import backbone, fpn, heads, image_io, roi_heads, rpn, transform
 from .config import Config
 from .detections import Detections
@@ -66,7 +68,7 @@ class MaskRCNN:
         original_size = image.shape[1:]
         with t.timed("transform"):
             x, size = transform.preprocess(image, cfg)                            # (3, Hp, Wp), (h, w)
-        t.record(image=image, normalized=x)
+        t.record(image=image, normalized=x, image_size=np.array(size, np.int64))
         with t.timed("backbone"):
             c = backbone.backbone_forward(w.backbone, x)                          # C2..C5 (C, Hl, Wl)
         t.record(**{f"C{layer + 1}": m for layer, m in zip(cfg.returned_layers, c)})

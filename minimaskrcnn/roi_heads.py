@@ -67,8 +67,9 @@ def postprocess_detections(class_logits, box_deltas, proposals, image_size, cfg:
 
 
 def box_forward(head_weights, pyramid, proposals, image_size, cfg: Config, score_thresh: float) -> BoxOutput:
-    """Pool, run the box head and post-process. pyramid: the FPN maps; only P2..P5 are pooled from (facts §5)."""
-    maps = pyramid[:4]
+    """Pool, run the box head and post-process. pyramid: the FPN maps; all but the extra max-pool level (P6) are
+    pooled from (torchvision's poolers name '0'..'3' only, facts §5)."""
+    maps = pyramid[:-1]
     roi_levels = ops.fpn_levels(proposals)                                   # (P,)
     box_features = ops.multiscale_roi_align(maps, proposals, image_size, cfg.box_roi_size, cfg.sampling_ratio)
     class_logits, box_deltas = heads.box_head_forward(head_weights, box_features)  # (P, NC), (P, NC*4)
@@ -79,6 +80,6 @@ def box_forward(head_weights, pyramid, proposals, image_size, cfg: Config, score
 
 def mask_forward(head_weights, pyramid, boxes, labels, image_size, cfg: Config) -> MaskOutput:
     """Mask R-CNN mask branch on the final detections (resized-image boxes); probabilities of the predicted class."""
-    features = ops.multiscale_roi_align(pyramid[:4], boxes, image_size, cfg.mask_roi_size, cfg.sampling_ratio)
+    features = ops.multiscale_roi_align(pyramid[:-1], boxes, image_size, cfg.mask_roi_size, cfg.sampling_ratio)
     logits = heads.mask_head_forward(head_weights, features, labels)         # (D, 28, 28)
     return MaskOutput(features, logits, sigmoid(logits))

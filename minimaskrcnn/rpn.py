@@ -65,17 +65,12 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
-def rpn_forward(head_weights, pyramid: list, padded_shape, image_size, cfg: Config) -> RPNOutput:
-    """Score all anchors of the FPN levels and select proposals (facts §4.4, exact order of operations).
+def select_proposals(logits, rpn_deltas, anchors, level_sizes, image_size, cfg: Config):
+    """Anchor scores and deltas -> proposals (facts §4.4, torchvision RegionProposalNetwork.filter_proposals).
 
-    pyramid: L feature maps (C, Hl, Wl); padded_shape: (Hp, Wp); image_size: resized unpadded (h, w).
+    logits (K,), rpn_deltas (K, 4), anchors (K, 4) in anchor order; level_sizes: Hl*Wl*A per level;
+    image_size: resized unpadded (h, w). Returns candidates (boxes, scores, levels) before NMS and the proposals.
     """
-    objectness, deltas = heads.rpn_head_forward(head_weights, pyramid)      # L x (A, Hl, Wl), L x (4A, Hl, Wl)
-    feature_shapes = [p.shape[1:] for p in pyramid]
-    anchors = ops.grid_anchors(feature_shapes, padded_shape, cfg.anchor_sizes, cfg.aspect_ratios)  # (K, 4)
-    logits, rpn_deltas = flatten_head_outputs(objectness, deltas)           # (K,), (K, 4)
-    level_sizes = [o.size for o in objectness]                               # Hl*Wl*A per level
-
     # 1. Top-k logits per level. Decoding is elementwise, so decoding only these equals decoding all (facts §4.3).
     idx = top_k_per_level(logits, level_sizes, cfg.rpn_pre_nms_top_n)        # (T,)
     levels = np.repeat(np.arange(len(level_sizes)), level_sizes)[idx]        # (T,) int64
@@ -88,4 +83,18 @@ def rpn_forward(head_weights, pyramid: list, padded_shape, image_size, cfg: Conf
     boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
     # 6.-7. NMS independently per level, then the best post_nms_top_n across levels.
     keep = ops.batched_nms(boxes, scores, levels, cfg.rpn_nms_thresh)[:cfg.rpn_post_nms_top_n]
-    return RPNOutput(anchors, logits, rpn_deltas, boxes, scores, levels, boxes[keep], scores[keep])
+    return (boxes, scores, levels), (boxes[keep], scores[keep])
+
+
+def rpn_forward(head_weights, pyramid: list, padded_shape, image_size, cfg: Config) -> RPNOutput:
+    """Score all anchors of the FPN levels and select proposals.
+
+    pyramid: L feature maps (C, Hl, Wl); padded_shape: (Hp, Wp); image_size: resized unpadded (h, w).
+    """
+    objectness, deltas = heads.rpn_head_forward(head_weights, pyramid)      # L x (A, Hl, Wl), L x (4A, Hl, Wl)
+    anchors = ops.grid_anchors([p.shape[1:] for p in pyramid], padded_shape, cfg.anchor_sizes,
+                               cfg.aspect_ratios)                            # (K, 4)
+    logits, rpn_deltas = flatten_head_outputs(objectness, deltas)           # (K,), (K, 4)
+    level_sizes = [o.size for o in objectness]                               # Hl*Wl*A per level
+    candidates, proposals = select_proposals(logits, rpn_deltas, anchors, level_sizes, image_size, cfg)
+    return RPNOutput(anchors, logits, rpn_deltas, *candidates, *proposals)
