@@ -1,0 +1,88 @@
+"""Pasting M x M mask probabilities into full images, as torchvision `paste_masks_in_image` (facts §7).
+
+Shape glossary
+    N: number of masks (detections)
+    M: side of the square mask probabilities (28 for Mask R-CNN)
+    P: padding added on every side of a mask (1)
+    H, W: height and width of the image the masks are pasted into
+
+Each mask is zero-padded to (M+2P) x (M+2P) and its box grown by the same factor f32((M+2P)/M) about its centre,
+in float32; the grown box is truncated toward zero to int64 (x1, y1, x2, y2, covering pixel columns x1..x2
+inclusive: TO_REMOVE = 1). The padded mask is resized to the box's (h, w) with the bilinear kernel of
+`resize` and written into the part of the box that lies inside the image; the rest of the image is 0.
+Only the visible part of each resized mask is computed.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import _validate as V
+from .resize import _linear_coeffs
+
+# int64 box coordinates must stay far from overflow; torchvision converts with .to(int64) (UB past the range).
+_MAX_ABS_COORD = 2.0 ** 31
+
+
+def expand_boxes(boxes: np.ndarray, scale: np.float32) -> np.ndarray:
+    """(N, 4) float32 boxes grown about their centres by `scale` (torchvision roi_heads.expand_boxes, in float32:
+    w_half = (x2 - x1) * 0.5 * scale, xc = (x2 + x1) * 0.5, box = xc -/+ w_half)."""
+    half = np.float32(0.5)
+    w_half = (boxes[:, 2] - boxes[:, 0]) * half * scale                # (N,)
+    h_half = (boxes[:, 3] - boxes[:, 1]) * half * scale                # (N,)
+    x_c = (boxes[:, 2] + boxes[:, 0]) * half                           # (N,)
+    y_c = (boxes[:, 3] + boxes[:, 1]) * half                           # (N,)
+    return np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1)  # (N, 4)
+
+
+@njit(cache=True, parallel=True)
+def _paste_kernel(masks, boxes, im_h, im_w):
+    """masks (N, Mp, Mp) float32 padded probabilities, boxes (N, 4) int64 -> (N, H, W) float32; parallel over N."""
+    n, mh, mw = masks.shape
+    out = np.zeros((n, im_h, im_w), np.float32)
+    for k in prange(n):
+        bx1, by1, bx2, by2 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        w = max(bx2 - bx1 + 1, 1)                       # TO_REMOVE = 1: columns bx1..bx2 inclusive
+        h = max(by2 - by1 + 1, 1)
+        x_start, x_stop = max(bx1, 0), min(bx2 + 1, im_w)   # visible columns / rows of the image
+        y_start, y_stop = max(by1, 0), min(by2 + 1, im_h)
+        if x_start >= x_stop or y_start >= y_stop:
+            continue                                     # box entirely outside the image
+        # rows / columns of the (h, w) resized mask that land in the image: offsets (pixel - box corner)
+        y0, y1, ly0, ly1 = _linear_coeffs(mh, h, y_start - by1, y_stop - by1)   # (rows,) each
+        x0, x1, lx0, lx1 = _linear_coeffs(mw, w, x_start - bx1, x_stop - bx1)   # (cols,) each
+        m = masks[k]
+        for r in range(y_stop - y_start):
+            top, bottom = m[y0[r]], m[y1[r]]
+            for c in range(x_stop - x_start):
+                a, b = x0[c], x1[c]
+                out[k, y_start + r, x_start + c] = (ly0[r] * (lx0[c] * top[a] + lx1[c] * top[b])
+                                                    + ly1[r] * (lx0[c] * bottom[a] + lx1[c] * bottom[b]))
+    return out
+
+
+def paste_masks(masks, boxes, image_shape, padding=1) -> np.ndarray:
+    """(N, M, M) mask probabilities and (N, 4) boxes x1, y1, x2, y2 in image pixels -> (N, H, W) float32 images
+    (torchvision roi_heads.paste_masks_in_image without the channel axis). N = 0 gives (0, H, W).
+
+    Unlike torchvision, a box whose visible part is empty gives an all-zero mask (torchvision may raise or wrap around
+    through negative slice bounds for boxes lying entirely above or left of the image).
+    """
+    m = V.array("masks", masks, ndim=3)
+    if m.shape[1] != m.shape[2] or m.shape[1] == 0:
+        raise ValueError(f"masks: expected shape (N, M, M) with M >= 1, got {m.shape}")
+    b = V.array("boxes", boxes, shape=(m.shape[0], 4), ndim=2)
+    if not isinstance(image_shape, (tuple, list)) or len(image_shape) != 2:
+        raise ValueError(f"image_shape: expected (H, W), got {image_shape!r}")
+    im_h = V.integer("image_shape[0]", image_shape[0], 0)
+    im_w = V.integer("image_shape[1]", image_shape[1], 0)
+    pad = V.integer("padding", padding, 0)
+    b = V.finite("boxes", np.ascontiguousarray(b, dtype=np.float32))                  # (N, 4)
+    if b.size and np.abs(b).max() >= _MAX_ABS_COORD / 4:
+        raise ValueError(f"boxes: expected coordinates of magnitude < {_MAX_ABS_COORD / 4:g}")
+    size = m.shape[1]
+    scale = np.float32((size + 2 * pad) / size)                 # Python double, applied in float32 (facts §7)
+    boxes_i = expand_boxes(b, scale).astype(np.int64)           # (N, 4) truncation toward zero
+    padded = np.zeros((m.shape[0], size + 2 * pad, size + 2 * pad), np.float32)        # (N, M+2P, M+2P)
+    padded[:, pad:pad + size, pad:pad + size] = m
+    return _paste_kernel(padded, boxes_i, im_h, im_w)

@@ -1,0 +1,97 @@
+"""The transform's resize: output size rule and ATen's bilinear kernel (align_corners=False, no antialias).
+
+Shape glossary
+    C: channels
+    H, W: input height and width
+    OH, OW: output height and width
+
+Facts §1. The output size is floor(side * scale) in double with scale = min(800 / short side, 1333 / long side),
+so it can land one pixel below the intended side (161 x 242 -> 799 x 1202). The kernel then ignores that scale and
+uses f32(in) / f32(out) per axis; source coordinates and weights are computed in float32, which reproduces torch
+within 1 ulp (bitwise up to FMA contraction inside ATen, which depends on the CPU capability).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from . import _validate as V
+
+# torchvision GeneralizedRCNNTransform defaults (FasterRCNN.__init__): min_size=(800,), max_size=1333.
+MIN_SIZE = 800
+MAX_SIZE = 1333
+
+
+@njit(cache=True)
+def _linear_coeffs(in_size, out_size, start, stop):
+    """Source indices and weights of output positions start..stop-1 for resizing in_size -> out_size along one axis
+    (ATen upsample_bilinear2d, align_corners=False; facts §1):
+
+    s = f32(in)/f32(out); src = max(s*(d + 0.5) - 0.5, 0); i0 = min(floor(src), in-1); l1 = clamp(src - i0, 0, 1);
+    l0 = 1 - l1; i1 = i0 + 1 if i0 < in-1 else i0. Returns i0, i1 (int64) and l0, l1 (float32), each (stop-start,).
+    """
+    n = stop - start
+    i0 = np.empty(n, np.int64)
+    i1 = np.empty(n, np.int64)
+    l0 = np.empty(n, np.float32)
+    l1 = np.empty(n, np.float32)
+    scale = np.float32(in_size) / np.float32(out_size)
+    half, zero, one = np.float32(0.5), np.float32(0.0), np.float32(1.0)
+    for k in range(n):
+        src = scale * (np.float32(start + k) + half) - half
+        if src < zero:
+            src = zero
+        idx = min(int(math.floor(src)), in_size - 1)
+        lam = min(max(src - np.float32(idx), zero), one)
+        i0[k] = idx
+        i1[k] = idx + 1 if idx < in_size - 1 else idx
+        l1[k] = lam
+        l0[k] = one - lam
+    return i0, i1, l0, l1
+
+
+@njit(cache=True, parallel=True)
+def _resize_kernel(image, out_h, out_w):
+    """(C, H, W) float32 -> (C, OH, OW) float32; parallel over the C*OH output rows."""
+    c_, h, w = image.shape
+    out = np.empty((c_, out_h, out_w), np.float32)
+    y0, y1, ly0, ly1 = _linear_coeffs(h, out_h, 0, out_h)          # (OH,) each
+    x0, x1, lx0, lx1 = _linear_coeffs(w, out_w, 0, out_w)          # (OW,) each
+    for row in prange(c_ * out_h):
+        c, oy = row // out_h, row % out_h
+        top, bottom = image[c, y0[oy]], image[c, y1[oy]]          # (W,) the two source rows
+        for ox in range(out_w):
+            a, b = x0[ox], x1[ox]
+            # interpolate along x in each source row, then along y (ATen's order)
+            out[c, oy, ox] = (ly0[oy] * (lx0[ox] * top[a] + lx1[ox] * top[b])
+                              + ly1[oy] * (lx0[ox] * bottom[a] + lx1[ox] * bottom[b]))
+    return out
+
+
+def resized_size(h, w, min_size=MIN_SIZE, max_size=MAX_SIZE) -> tuple[int, int]:
+    """(h', w') of GeneralizedRCNNTransform's resize: scale = min(min_size / min(h, w), max_size / max(h, w)) in
+    double, then floor(h * scale), floor(w * scale) (F.interpolate with recompute_scale_factor=True; facts §1)."""
+    h, w = V.integer("h", h, 1), V.integer("w", w, 1)
+    min_size = V.real("min_size", min_size, low=0.0, low_inclusive=False)
+    max_size = V.real("max_size", max_size, low=0.0, low_inclusive=False)
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    return int(math.floor(h * scale)), int(math.floor(w * scale))
+
+
+def resize_bilinear(image, out_h, out_w) -> np.ndarray:
+    """(C, H, W) -> (C, out_h, out_w) float32, bilinear with align_corners=False and no antialias, as
+    torch.nn.functional.interpolate (facts §1). The input is computed in float32."""
+    img = V.array("image", image, ndim=3)
+    if img.shape[1] == 0 or img.shape[2] == 0:
+        raise ValueError(f"image: expected non-empty height and width, got shape {img.shape}")
+    out_h, out_w = V.integer("out_h", out_h, 1), V.integer("out_w", out_w, 1)
+    return _resize_kernel(np.ascontiguousarray(img, dtype=np.float32), out_h, out_w)
+
+
+def resize_image(image, min_size=MIN_SIZE, max_size=MAX_SIZE) -> np.ndarray:
+    """(C, H, W) -> (C, h', w') float32 with (h', w') = `resized_size(H, W, min_size, max_size)`."""
+    img = V.array("image", image, ndim=3)
+    out_h, out_w = resized_size(img.shape[1], img.shape[2], min_size, max_size)
+    return resize_bilinear(img, out_h, out_w)
