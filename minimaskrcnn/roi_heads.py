@@ -70,7 +70,8 @@ def box_forward(head_weights, pyramid, proposals, image_size, cfg: Config, score
     """Pool, run the box head and post-process. pyramid: the FPN maps; all but the extra max-pool level (P6) are
     pooled from (torchvision's poolers name '0'..'3' only, facts §5)."""
     maps = pyramid[:-1]
-    roi_levels = ops.fpn_levels(proposals)                                   # (P,)
+    scales = ops.infer_scales([m.shape for m in maps], image_size)           # e.g. 1/4 .. 1/32
+    roi_levels = ops.fpn_levels(proposals, round(-np.log2(scales[0])), round(-np.log2(scales[-1])))  # (P,)
     box_features = ops.multiscale_roi_align(maps, proposals, image_size, cfg.box_roi_size, cfg.sampling_ratio)
     class_logits, box_deltas = heads.box_head_forward(head_weights, box_features)  # (P, NC), (P, NC*4)
     candidates, detections = postprocess_detections(class_logits, box_deltas, proposals, image_size, cfg,
