@@ -1,0 +1,102 @@
+"""Slow, loop-by-loop float64 references for the kernels of `minimaskrcnn.layers`.
+
+Each function follows the definition of the operation directly (one output element or one kernel offset at a time),
+in float64, so the fast float32 kernels can be checked against it with an error bound (see tests/test_layers.py).
+Shape glossary as in `minimaskrcnn/layers.py`: C/C' in/out channels, N batch, H/W and H'/W' in/out sizes.
+"""
+import math
+
+import numpy as np
+
+
+def conv2d_naive(x, weight, bias=None, stride=1, padding=0):
+    """Cross-correlation of one image `x` (C, H, W) with `weight` (C', C, k, k): out (C', H', W') float64,
+    out[o, oy, ox] = b[o] + sum_{c, ky, kx} W[o, c, ky, kx] * x[c, oy*s - p + ky, ox*s - p + kx] (0 outside)."""
+    x = np.asarray(x, np.float64)
+    weight = np.asarray(weight, np.float64)
+    c_out, _, k, _ = weight.shape
+    _, h, w = x.shape
+    h_out, w_out = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    out = np.zeros((c_out, h_out, w_out))
+    for oy in range(h_out):
+        for ox in range(w_out):
+            for ky in range(k):
+                for kx in range(k):
+                    iy, ix = oy * stride - padding + ky, ox * stride - padding + kx
+                    if 0 <= iy < h and 0 <= ix < w:
+                        out[:, oy, ox] += weight[:, :, ky, kx] @ x[:, iy, ix]
+    if bias is not None:
+        out += np.asarray(bias, np.float64)[:, None, None]
+    return out
+
+
+def im2col_naive(x, k, stride, padding):
+    """Column matrix of a channel-major batch `x` (C, N, H, W): (C*k*k, N*H'*W'), row (c*k + ky)*k + kx,
+    column (n*H' + oy)*W' + ox."""
+    c_in, n_img, h, w = x.shape
+    h_out, w_out = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    cols = np.zeros((c_in * k * k, n_img * h_out * w_out), x.dtype)
+    for c in range(c_in):
+        for ky in range(k):
+            for kx in range(k):
+                for n in range(n_img):
+                    for oy in range(h_out):
+                        for ox in range(w_out):
+                            iy, ix = oy * stride - padding + ky, ox * stride - padding + kx
+                            if 0 <= iy < h and 0 <= ix < w:
+                                cols[(c * k + ky) * k + kx, (n * h_out + oy) * w_out + ox] = x[c, n, iy, ix]
+    return cols
+
+
+def max_pool2d_naive(x, kernel=3, stride=2, padding=1):
+    """Max over the in-bounds part of each window of `x` (C, H, W) (padding never wins: it is -inf)."""
+    c_in, h, w = x.shape
+    h_out, w_out = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
+    out = np.empty((c_in, h_out, w_out), x.dtype)
+    for c in range(c_in):
+        for oy in range(h_out):
+            for ox in range(w_out):
+                y0, x0 = oy * stride - padding, ox * stride - padding
+                window = x[c, max(y0, 0):y0 + kernel, max(x0, 0):x0 + kernel]
+                out[c, oy, ox] = np.nan if np.isnan(window).any() else window.max()
+    return out
+
+
+def conv_transpose2x2_naive(x, weight, bias):
+    """ConvTranspose2d(kernel 2, stride 2) of `x` (C, N, H, W) with torch weight (C, C', 2, 2): (C', N, 2H, 2W)."""
+    x = np.asarray(x, np.float64)
+    weight = np.asarray(weight, np.float64)
+    c_in, n_img, h, w = x.shape
+    c_out = weight.shape[1]
+    out = np.zeros((c_out, n_img, 2 * h, 2 * w))
+    for n in range(n_img):
+        for i in range(h):
+            for j in range(w):
+                for p in range(2):
+                    for q in range(2):
+                        out[:, n, 2 * i + p, 2 * j + q] = weight[:, :, p, q].T @ x[:, n, i, j] + bias
+    return out
+
+
+def linear_naive(x, weight, bias):
+    """x (K, In) @ weight (Out, In).T + bias, one output element at a time, float64."""
+    x = np.asarray(x, np.float64)
+    weight = np.asarray(weight, np.float64)
+    out = np.empty((x.shape[0], weight.shape[0]))
+    for i in range(x.shape[0]):
+        for o in range(weight.shape[0]):
+            out[i, o] = math.fsum(x[i] * weight[o]) + bias[o]
+    return out
+
+
+def batchnorm_naive(x, gamma, beta, mean, var, eps):
+    """Eval-mode BatchNorm of `x` (C, H, W) in float64: (x - mean) / sqrt(var + eps) * gamma + beta."""
+    col = lambda v: np.asarray(v, np.float64)[:, None, None]  # noqa: E731
+    return (np.asarray(x, np.float64) - col(mean)) / np.sqrt(col(var) + eps) * col(gamma) + col(beta)
+
+
+def gamma_bound(n: int) -> float:
+    """Higham's gamma_n = n*u / (1 - n*u), u = 2^-24: the float32 error of any order of an n-term sum of products
+    is at most gamma_n * sum |terms| (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., Eq. 3.5)."""
+    u = 2.0 ** -24
+    return n * u / (1 - n * u)
