@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _validate as V
-from .resize import _linear_coeffs
+from .resize import _bilinear_value, _linear_coeffs
 
 # int64 box coordinates must stay far from overflow; torchvision converts with .to(int64) (UB past the range).
 _MAX_ABS_COORD = 2.0 ** 31
@@ -53,11 +53,10 @@ def _paste_kernel(masks, boxes, im_h, im_w):
         x0, x1, lx0, lx1 = _linear_coeffs(mw, w, x_start - bx1, x_stop - bx1)   # (cols,) each
         m = masks[k]
         for r in range(y_stop - y_start):
-            top, bottom = m[y0[r]], m[y1[r]]
+            top, bottom = m[y0[r]], m[y1[r]]                          # (Mp,) the two source rows
             for c in range(x_stop - x_start):
-                a, b = x0[c], x1[c]
-                out[k, y_start + r, x_start + c] = (ly0[r] * (lx0[c] * top[a] + lx1[c] * top[b])
-                                                    + ly1[r] * (lx0[c] * bottom[a] + lx1[c] * bottom[b]))
+                out[k, y_start + r, x_start + c] = _bilinear_value(top, bottom, x0[c], x1[c],
+                                                                   ly0[r], ly1[r], lx0[c], lx1[c])
     return out
 
 

@@ -7,8 +7,9 @@ Shape glossary
 
 Facts §1. The output size is floor(side * scale) in double with scale = min(800 / short side, 1333 / long side),
 so it can land one pixel below the intended side (161 x 242 -> 799 x 1202). The kernel then ignores that scale and
-uses f32(in) / f32(out) per axis; source coordinates and weights are computed in float32, which reproduces torch
-within 1 ulp (bitwise up to FMA contraction inside ATen, which depends on the CPU capability).
+uses f32(in) / f32(out) per axis; source coordinates and weights are computed in float32 and the four taps are
+summed as ATen's scalar kernel does (`_bilinear_value`): bitwise torch's with ATEN_CPU_CAPABILITY=default (measured);
+torch's AVX2/AVX512 kernels differ from that by FMA contraction.
 """
 from __future__ import annotations
 
@@ -63,11 +64,16 @@ def _resize_kernel(image, out_h, out_w):
         c, oy = row // out_h, row % out_h
         top, bottom = image[c, y0[oy]], image[c, y1[oy]]          # (W,) the two source rows
         for ox in range(out_w):
-            a, b = x0[ox], x1[ox]
-            # interpolate along x in each source row, then along y (ATen's order)
-            out[c, oy, ox] = (ly0[oy] * (lx0[ox] * top[a] + lx1[ox] * top[b])
-                              + ly1[oy] * (lx0[ox] * bottom[a] + lx1[ox] * bottom[b]))
+            out[c, oy, ox] = _bilinear_value(top, bottom, x0[ox], x1[ox], ly0[oy], ly1[oy], lx0[ox], lx1[ox])
     return out
+
+
+@njit(cache=True)
+def _bilinear_value(top, bottom, a, b, ly0, ly1, lx0, lx1):
+    """ATen's 2-D linear interpolation of one output pixel (UpSampleKernel.cpp, scalar path): the four weights are
+    products ly*lx and the taps are summed left to right, ((w00*t_a + w01*t_b) + w10*b_a) + w11*b_b. This is bitwise
+    torch's with ATEN_CPU_CAPABILITY=default; its AVX2/AVX512 kernels contract some of it into FMAs (facts §1)."""
+    return (((ly0 * lx0) * top[a] + (ly0 * lx1) * top[b]) + (ly1 * lx0) * bottom[a]) + (ly1 * lx1) * bottom[b]
 
 
 def resized_size(h, w, min_size=MIN_SIZE, max_size=MAX_SIZE) -> tuple[int, int]:
