@@ -9,20 +9,17 @@ thread-count environment variables they read at import.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import time
 import warnings
 from collections import Counter
 
-__all__ = ["main", "build_parser", "expand_inputs"]
+__all__ = ["main", "build_parser"]
 
 PROG = "minimaskrcnn"
 DEFAULT_WEIGHTS = "maskrcnn_resnet50_fpn_coco"
 JSON_NAME = "coco_results.json"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm", ".pbm", ".pnm", ".tga")
 THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -260,73 +257,11 @@ def _objects_line(objects: Counter) -> str:
 
 # --- segment ----------------------------------------------------------------------------------------------------------
 
-def expand_inputs(items, recursive: bool = False) -> tuple:
-    """(image paths in order, [(item, why)] for items that give none). Folders: their images sorted by name (and
-    subfolders' with `recursive`); glob patterns expanded here too (for shells that don't); duplicates dropped."""
-    files, problems, seen = [], [], set()
-
-    def add(path):
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            files.append(path)
-
-    for item in items:
-        if os.path.isdir(item):
-            found = _folder_images(item, recursive)
-            if not found:
-                problems.append((item, "no images in this folder" + ("" if recursive else " (try --recursive)")))
-            for p in found:
-                add(p)
-        elif os.path.exists(item):
-            add(item)                                                # named explicitly: tried whatever its extension
-        elif glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=recursive))
-            images = [m for m in matches if os.path.isfile(m) and _is_image_name(m)]
-            for d in (m for m in matches if os.path.isdir(m)):
-                images.extend(_folder_images(d, recursive))
-            if not images:
-                problems.append((item, "no image matches this pattern"))
-            for p in images:
-                add(p)
-        else:
-            problems.append((item, "no such file or directory"))
-    return files, problems
-
-
-def _is_image_name(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _folder_images(folder: str, recursive: bool) -> list:
-    if not recursive:
-        return [os.path.join(folder, n) for n in sorted(os.listdir(folder))
-                if _is_image_name(n) and os.path.isfile(os.path.join(folder, n))]
-    found = []
-    for root, dirs, names in os.walk(folder):
-        dirs.sort()
-        found.extend(os.path.join(root, n) for n in sorted(names) if _is_image_name(n))
-    return found
-
-
-def _unique_stems(paths: list) -> list:
-    """Output name stems: the file names without extension, "-2", "-3", ... added to repeats (case-insensitively)."""
-    used, stems = set(), []
-    for p in paths:
-        base = os.path.splitext(os.path.basename(p))[0]
-        stem, k = base, 1
-        while stem.lower() in used:
-            k += 1
-            stem = f"{base}-{k}"
-        used.add(stem.lower())
-        stems.append(stem)
-    return stems
-
-
 def cmd_segment(args) -> int:
     wanted = _class_list(args.classes)
     outdir = _prepare_outdir(args.output)
-    inputs, problems = expand_inputs(args.inputs, args.recursive)
+    from .image_io import find_images
+    inputs, problems = find_images(args.inputs, args.recursive)
     for item, why in problems:
         print(f"{PROG}: error: {item}: {why}", file=sys.stderr)
     if not inputs:
@@ -339,7 +274,7 @@ def cmd_segment(args) -> int:
     model, keep = _load_model(args.weights, wanted)
     detect = _detector(model, args.score_threshold, keep)
     protected = outputs.protect(inputs)
-    ids, stems = outputs.assign_image_ids(inputs), _unique_stems(inputs)
+    ids, stems = outputs.assign_image_ids(inputs), outputs.output_stems(inputs)
     results, objects, seconds, failures = [], Counter(), [], len(problems)
     with Progress(len(inputs), "images", enabled=None if not args.quiet else False) as bar:
         for path, stem, image_id in zip(inputs, stems, ids):

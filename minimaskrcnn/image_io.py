@@ -27,17 +27,24 @@ Conversion rules (the same for files, PIL images and arrays):
 
 A file that cannot be read raises `ImageReadError` (a ValueError) whose message is one line: "<file>: <why>".
 Arrays of an unsupported shape, dtype or range raise ValueError.
+
+`find_images` turns a run's inputs (files, folders, glob patterns) into the list of image files, in order.
 """
 from __future__ import annotations
 
+import glob
 import os
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageReadError", "read_image", "to_network_input", "pil_to_rgb", "array_to_rgb"]
+__all__ = ["ImageReadError", "read_image", "to_network_input", "pil_to_rgb", "array_to_rgb", "find_images",
+           "IMAGE_EXTENSIONS"]
 
 _WHITE = 255
+# what a folder or a glob pattern contributes; a file named explicitly is tried whatever its extension
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                    ".pgm", ".pbm", ".pnm", ".tga")
 
 
 class ImageReadError(ValueError):
@@ -225,3 +232,54 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
         return ((c * a + _WHITE * (255 - a) + 127) // 255).astype(np.uint8)   # (H, W, 3)
     out = np.clip(rgb * alpha + (1.0 - alpha), 0.0, 1.0)            # (H, W, 3); clip float32 rounding past 1
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# --- finding the images of a run --------------------------------------------------------------------------------------
+
+def find_images(items, recursive: bool = False) -> tuple:
+    """(image paths in order, [(item, why)] for items that give none). Folders: their images sorted by name (and
+    subfolders' with `recursive`); glob patterns expanded here too (for shells that don't); duplicates dropped."""
+    files, problems, seen = [], [], set()
+
+    def add(path):
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            files.append(path)
+
+    for item in items:
+        if os.path.isdir(item):
+            found = _folder_images(item, recursive)
+            if not found:
+                problems.append((item, "no images in this folder" + ("" if recursive else " (try --recursive)")))
+            for p in found:
+                add(p)
+        elif os.path.exists(item):
+            add(item)                                                # named explicitly: tried whatever its extension
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=recursive))
+            images = [m for m in matches if os.path.isfile(m) and _is_image_name(m)]
+            for d in (m for m in matches if os.path.isdir(m)):
+                images.extend(_folder_images(d, recursive))
+            if not images:
+                problems.append((item, "no image matches this pattern"))
+            for p in images:
+                add(p)
+        else:
+            problems.append((item, "no such file or directory"))
+    return files, problems
+
+
+def _is_image_name(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _folder_images(folder: str, recursive: bool) -> list:
+    if not recursive:
+        return [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                if _is_image_name(n) and os.path.isfile(os.path.join(folder, n))]
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        found.extend(os.path.join(root, n) for n in sorted(names) if _is_image_name(n))
+    return found

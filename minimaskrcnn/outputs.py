@@ -32,7 +32,7 @@ from . import rle
 
 __all__ = ["palette", "class_colors", "binary_masks", "rank_order", "render_overlay", "semantic_map", "instance_map",
            "colorize", "cutouts", "coco_results", "assign_image_ids", "protect", "atomic_path", "write_png",
-           "write_json", "write_cutouts"]
+           "write_json", "write_cutouts", "output_stems"]
 
 MASK_ALPHA = 0.5                 # tint opacity over the mask
 
@@ -251,6 +251,22 @@ def assign_image_ids(paths) -> list:
         if len(set(ids)) == len(ids):
             return ids
     return list(range(1, len(stems) + 1))
+
+
+# --- names --------------------------------------------------------------------------------------------------------------
+
+def output_stems(paths) -> list:
+    """Output name stems: the file names without extension, "-2", "-3", ... added to repeats (case-insensitively)."""
+    used, stems = set(), []
+    for p in paths:
+        base = os.path.splitext(os.path.basename(p))[0]
+        stem, k = base, 1
+        while stem.lower() in used:
+            k += 1
+            stem = f"{base}-{k}"
+        used.add(stem.lower())
+        stems.append(stem)
+    return stems
 
 
 # --- atomic, input-protecting writes ----------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGES, ROOT, SHARED
-from minimaskrcnn import cli
+from minimaskrcnn import cli, outputs
 from minimaskrcnn.config import COCO_CATEGORIES
+from minimaskrcnn.image_io import find_images
 from minimaskrcnn.progress import Progress
 
 
@@ -145,23 +146,23 @@ def _touch_images(folder, names):
         (folder / n).write_bytes(b"")
 
 
-def test_expand_inputs_folders_globs_and_duplicates(tmp_path):
+def test_find_images_folders_globs_and_duplicates(tmp_path):
     _touch_images(tmp_path / "a", ["b.png", "a.JPG", "notes.txt", "c.webp"])
     _touch_images(tmp_path / "a" / "sub", ["d.png"])
     (tmp_path / "x.dat").write_bytes(b"")
-    files, problems = cli.expand_inputs([str(tmp_path / "a"), str(tmp_path / "a" / "b.png"), str(tmp_path / "x.dat"),
+    files, problems = find_images([str(tmp_path / "a"), str(tmp_path / "a" / "b.png"), str(tmp_path / "x.dat"),
                                          str(tmp_path / "a" / "*.png"), str(tmp_path / "nope")])
     names = [os.path.relpath(f, tmp_path) for f in files]
     assert names == ["a/a.JPG", "a/b.png", "a/c.webp", "x.dat"]      # sorted folder, dupes dropped, named file kept
     assert problems == [(str(tmp_path / "nope"), "no such file or directory")]
-    files, _ = cli.expand_inputs([str(tmp_path / "a")], recursive=True)
+    files, _ = find_images([str(tmp_path / "a")], recursive=True)
     assert [os.path.relpath(f, tmp_path) for f in files] == ["a/a.JPG", "a/b.png", "a/c.webp", "a/sub/d.png"]
-    files, _ = cli.expand_inputs([str(tmp_path / "**" / "*.png")], recursive=True)
+    files, _ = find_images([str(tmp_path / "**" / "*.png")], recursive=True)
     assert [os.path.relpath(f, tmp_path) for f in files] == ["a/b.png", "a/sub/d.png"]
 
 
 def test_unique_stems():
-    assert cli._unique_stems(["a/x.jpg", "b/x.png", "X.gif", "y.png"]) == ["x", "x-2", "X-3", "y"]
+    assert outputs.output_stems(["a/x.jpg", "b/x.png", "X.gif", "y.png"]) == ["x", "x-2", "X-3", "y"]
 
 
 def test_class_ids():
