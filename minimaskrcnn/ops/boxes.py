@@ -7,9 +7,8 @@ Shape glossary
 Boxes are (N, 4) as x1, y1, x2, y2 (corners, no +1: a box from 0 to 10 is 10 wide). Deltas are (N, 4) as
 dx, dy, dw, dh (Faster R-CNN Eq. 2, divided by the BoxCoder weights).
 
-Dtypes follow torchvision (ops/_utils.py `_upcast`): float32 and float64 boxes keep their dtype, float16 is
-computed in float32 (torchvision subtracts corners in float16 first: the only case where results may differ),
-narrow integers become int32. `box_iou` of integer boxes is float32, as torch's true division of integers.
+Dtypes follow torchvision (ops/_utils.py `_upcast`): float32 and float64 boxes keep their dtype, float16 becomes
+float32 and narrow integers int32 (in `box_iou` only after the corner differences, which stay in the input dtype). `box_iou` of integer boxes is float32, as torch's true division of integers.
 `encode_boxes` / `decode_boxes` compute in float64 if given float64 and in float32 otherwise (the network's path).
 """
 from __future__ import annotations
@@ -28,7 +27,7 @@ def _boxes(name: str, boxes) -> np.ndarray:
     return V.upcast(name, V.array(name, boxes, ndim=2, last=4))
 
 
-def _common_dtype(a: np.ndarray, b: np.ndarray):
+def _common_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
     """torch promotion of two box tensors: float wins over int without widening it (numpy would say float64)."""
     if a.dtype.kind == "f" and b.dtype.kind != "f":
         return a.dtype
@@ -48,14 +47,17 @@ def box_iou(boxes1, boxes2) -> np.ndarray:
 
     0/0 (two empty boxes) gives NaN, as torchvision. Integer boxes give float32.
     """
-    b1, b2 = _boxes("boxes1", boxes1), _boxes("boxes2", boxes2)  # (N, 4), (M, 4)
-    dtype = _common_dtype(b1, b2)
-    area1 = box_area(b1).astype(dtype, copy=False)               # (N,)
-    area2 = box_area(b2).astype(dtype, copy=False)               # (M,)
-    b1, b2 = b1.astype(dtype, copy=False), b2.astype(dtype, copy=False)
+    b1 = V.array("boxes1", boxes1, ndim=2, last=4)                # (N, 4)
+    b2 = V.array("boxes2", boxes2, ndim=2, last=4)                # (M, 4)
+    area1, area2 = box_area(b1), box_area(b2)                     # (N,), (M,) upcast
+    raw = _common_dtype(b1, b2)                                   # corners are compared before any upcast
+    b1, b2 = b1.astype(raw, copy=False), b2.astype(raw, copy=False)
     lt = np.maximum(b1[:, None, :2], b2[None, :, :2])             # (N, M, 2) top-left of the intersection
     rb = np.minimum(b1[:, None, 2:], b2[None, :, 2:])             # (N, M, 2) bottom-right
-    wh = np.maximum(rb - lt, 0)                                   # (N, M, 2) clamp(min=0); NaN propagates
+    # torchvision upcasts after subtracting: uint8 differences wrap around, float16 ones round in float16
+    wh = np.maximum(V.upcast("boxes", rb - lt), 0)                # (N, M, 2) clamp(min=0); NaN propagates
+    dtype = _common_dtype(np.empty(0, _common_dtype(area1, area2)), wh)
+    area1, area2, wh = area1.astype(dtype), area2.astype(dtype), wh.astype(dtype, copy=False)
     inter = wh[..., 0] * wh[..., 1]                               # (N, M)
     union = area1[:, None] + area2[None, :] - inter              # (N, M)
     if inter.dtype.kind != "f":                                  # torch true division of integers: in float32
