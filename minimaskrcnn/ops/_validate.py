@@ -26,8 +26,8 @@ def array(name: str, x, ndim: int | None = None, last: int | None = None, shape:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
     if last is not None and (a.ndim == 0 or a.shape[-1] != last):
         raise ValueError(f"{name}: expected a last axis of length {last}, got shape {a.shape}")
-    if shape is not None and any(s is not None and s != t for s, t in zip(shape, a.shape)):
-        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+    if shape is not None and (len(shape) != a.ndim or any(s is not None and s != t for s, t in zip(shape, a.shape))):
+        want = str(tuple("*" if s is None else s for s in shape)).replace("'", "")
         raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
     return a
 
