@@ -13,8 +13,14 @@ from pathlib import Path
 PROG = "weights-convert"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):      # one line (argparse would print the usage too)
+        print(f"{PROG}: error: {message} (see {PROG} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Convert a torchvision Mask R-CNN / Faster R-CNN checkpoint (.pth, zip or legacy format) to "
                     "minimaskrcnn's .npz, without torch. The checkpoint is read with a restricted unpickler: no code "

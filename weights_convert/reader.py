@@ -172,7 +172,8 @@ def _parse_legacy(data: bytes):
         raise CheckpointError("not a PyTorch checkpoint: a pickle without torch's magic number")
     protocol, pos = restricted_load(data, pos, _no_storage)
     if protocol != LEGACY_PROTOCOL:
-        raise CheckpointError(f"unsupported legacy checkpoint protocol {protocol!r:.20} (expected {LEGACY_PROTOCOL})")
+        shown = protocol if type(protocol) is int and abs(protocol) < 1 << 63 else type(protocol).__name__
+        raise CheckpointError(f"unsupported legacy checkpoint protocol {shown} (expected {LEGACY_PROTOCOL})")
     sys_info, pos = restricted_load(data, pos, _no_storage)
     little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else None
     if not isinstance(little, bool):
@@ -292,7 +293,7 @@ def _find_state_dict(obj):
 
 def _describe(obj) -> str:
     if isinstance(obj, dict):
-        keys = [repr(k)[:40] for k in list(obj)[:6]]
+        keys = [repr(k[:40]) if isinstance(k, str) else type(k).__name__ for k in list(obj)[:6]]
         return f"a dict with keys {', '.join(keys)}{', ...' if len(obj) > 6 else ''}" if keys else "an empty dict"
     if isinstance(obj, TensorRef):
         return "a single tensor"

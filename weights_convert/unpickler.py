@@ -17,6 +17,7 @@ storage's element count, bytes are attached later by the format reader, and `rea
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import pickletools
 import re
@@ -117,8 +118,10 @@ class StateDict(OrderedDict):
 
 
 def _int(value, what, minimum=0):
-    if type(value) is not int or value < minimum:
-        raise CheckpointError(f"corrupt checkpoint: {what} must be an integer >= {minimum}, got {type(value).__name__}")
+    """An int64 as torch stores sizes, offsets and strides (bounded, so that messages can print it)."""
+    if type(value) is not int or not minimum <= value < 1 << 63:
+        shown = value if type(value) is int and abs(value) < 1 << 64 else type(value).__name__
+        raise CheckpointError(f"corrupt checkpoint: {what} must be an int64 >= {minimum}, got {shown}")
     return value
 
 
@@ -133,6 +136,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
         raise CheckpointError(f"corrupt checkpoint: tensor with {len(size)} dimensions (at most {MAX_NDIM})")
     shape = tuple(_int(n, "tensor size") for n in size)
     strides = tuple(_int(s, "tensor stride") for s in stride)
+    if math.prod(n for n in shape if n) >= 1 << 59:            # numpy's limit: bytes of the non-empty dims < 2**63
+        raise CheckpointError(f"corrupt checkpoint: tensor shape {shape} is too large")
     if 0 in shape:
         if offset > storage.numel:
             raise CheckpointError(f"corrupt checkpoint: tensor offset {offset} beyond its storage of {storage.numel}")
@@ -177,17 +182,22 @@ def _allowed_globals():
 ALLOWED_GLOBALS = _allowed_globals()
 
 
+def _allowed_global(module, name):
+    """Our stand-in for the global `module.name`, or UnsafeCheckpointError naming it."""
+    obj = ALLOWED_GLOBALS.get((module, name))
+    if obj is None:
+        raise UnsafeCheckpointError(f"refusing to load global {_clip(module)}.{_clip(name)}: a state dict never "
+                                    f"needs it, and loading it could run code")
+    return obj
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, storage_factory):
         super().__init__(file)
         self._storage_factory = storage_factory
 
     def find_class(self, module, name):
-        obj = ALLOWED_GLOBALS.get((module, name))
-        if obj is None:
-            raise UnsafeCheckpointError(f"refusing to load global {_clip(module)}.{_clip(name)}: a state dict never "
-                                        f"needs it, and loading it could run code")
-        return obj
+        return _allowed_global(module, name)
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
@@ -238,8 +248,8 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
             raise CheckpointError(f"corrupt checkpoint: containers nested more than {MAX_DEPTH} deep")
         return depth
 
-    def push(depth):
-        stack.append([check(depth)])
+    def push(depth, value=None):
+        stack.append([check(depth), value])
 
     def grow(box, items):
         box[0] = max(box[0], check(1 + max((b[0] for b in items), default=0)))
@@ -247,7 +257,12 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
     try:
         for op, arg, _pos in pickletools.genops(f):
             name = op.name
-            if name in _LEAF_OPS:
+            if name in _STRING_OPS:
+                push(0, arg)
+            elif name == "GLOBAL":
+                _allowed_global(*arg.split(" ", 1))
+                push(0)
+            elif name in _LEAF_OPS:
                 push(0)
             elif name in _EMPTY_OPS:
                 push(1)
@@ -285,7 +300,9 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
                     raise CheckpointError("corrupt pickle: reference to an unknown memo entry")
                 stack.append(memo[arg])
             elif name == "STACK_GLOBAL":
-                pop(), pop()
+                qualname, module = pop()[1], pop()[1]
+                if isinstance(module, str) and isinstance(qualname, str):
+                    _allowed_global(module, qualname)
                 push(0)
             elif name == "BINPERSID":
                 pop()
@@ -315,9 +332,10 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
     raise CheckpointError("corrupt pickle: no STOP opcode")
 
 
+_STRING_OPS = {"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"}
 _LEAF_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
-             "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "NONE", "NEWTRUE", "NEWFALSE", "UNICODE",
-             "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "FLOAT", "BINFLOAT", "GLOBAL", "PERSID"}
+             "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "NONE", "NEWTRUE", "NEWFALSE", "FLOAT",
+             "BINFLOAT", "PERSID"}
 _EMPTY_OPS = {"EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_SET"}
 _UNSAFE_OPS = {"INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"}
 
