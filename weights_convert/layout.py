@@ -232,6 +232,8 @@ def infer_config(state_dict, base: Config | None = None) -> Config:
         changes["returned_layers"] = tuple(layers)
         if _dim(shapes, "backbone.fpn.inner_blocks.0.0.weight", 0):
             changes["fpn_channels"] = _dim(shapes, "backbone.fpn.inner_blocks.0.0.weight", 0)
+    elif _dim(shapes, "rpn.head.cls_logits.weight", 1):      # FPN keys absent or misnamed: width from the RPN
+        changes["fpn_channels"] = _dim(shapes, "rpn.head.cls_logits.weight", 1)
     changes["fpn_norm"] = "backbone.fpn.inner_blocks.0.1.weight" in shapes
 
     rpn_depth = _count(shapes, "rpn.head.conv.{}.0.weight")

@@ -15,6 +15,7 @@ reader never sees a half-written file. `read_npz` is the only reader: the runtim
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -41,6 +42,8 @@ def write_npz(path, arrays: dict, metadata: dict) -> Path:
     if METADATA_KEY in arrays:
         raise ValueError(f"{METADATA_KEY} is reserved for the metadata entry")
     text = np.array(json.dumps(metadata))                  # () unicode
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such directory for the output file", str(path.parent))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
