@@ -260,7 +260,7 @@ def _objects_line(objects: Counter) -> str:
 def cmd_segment(args) -> int:
     wanted = _class_list(args.classes)
     outdir = _prepare_outdir(args.output)
-    from .image_io import find_images
+    from .image_io import find_images, read_image
     inputs, problems = find_images(args.inputs, args.recursive)
     for item, why in problems:
         print(f"{PROG}: error: {item}: {why}", file=sys.stderr)
@@ -268,7 +268,6 @@ def cmd_segment(args) -> int:
         return 2                                                     # nothing to do: each input's problem is said
 
     from . import outputs
-    from .image_io import read_image
     from .progress import Progress
 
     model, keep = _load_model(args.weights, wanted)
@@ -326,15 +325,15 @@ def cmd_video(args) -> int:
 
     wanted = _class_list(args.classes)
     try:
-        video.check_support(args.input, args.output)
-    except video.VideoExtraMissing:
-        raise
+        video.check_support(args.input, args.output)                 # a missing PyAV is an ImportError: status 1
     except ValueError as e:                                          # unknown output format: a usage error
         raise UsageError(str(e)) from None
     if not os.path.isfile(args.input):
         raise video.VideoReadError(f"{args.input}: {'is a directory' if os.path.isdir(args.input) else 'no such file'}")
     if os.path.realpath(args.input) in {os.path.realpath(p) for p in (args.output, args.jsonl) if p}:
         raise UsageError(f"{args.input}: refusing to overwrite the input video")
+    if args.jsonl and os.path.realpath(args.jsonl) == os.path.realpath(args.output):
+        raise UsageError(f"{args.jsonl}: the JSON lines file and the output video must differ")
     for target in filter(None, (args.output, args.jsonl)):
         _prepare_outdir(os.path.dirname(os.path.abspath(target)))
     model, keep = _load_model(args.weights, wanted)
