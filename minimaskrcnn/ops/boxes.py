@@ -73,6 +73,8 @@ def clip_boxes(boxes, size) -> np.ndarray:
     if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise ValueError(f"size: expected (height, width), got {size!r}")
     h, w = V.integer("size[0] (height)", size[0], 0), V.integer("size[1] (width)", size[1], 0)
+    if b.dtype.kind in "iu":                                      # a bound past the dtype's range clamps nothing
+        h, w = min(h, np.iinfo(b.dtype).max), min(w, np.iinfo(b.dtype).max)
     out = np.array(b, copy=True)                                  # (N, 4)
     out[:, 0::2] = np.clip(out[:, 0::2], 0, w)                    # (N, 2) x1, x2
     out[:, 1::2] = np.clip(out[:, 1::2], 0, h)                    # (N, 2) y1, y2
