@@ -203,8 +203,9 @@ def test_official_names_use_the_official_url_and_prefixes(tmp_path, monkeypatch)
         raise WeightsError("not in tests")
     monkeypatch.setattr(hub, "download", no_network)
     monkeypatch.delenv(hub.URL_ENV, raising=False)
-    for name, prefix in [("maskrcnn_resnet50_fpn_coco", "bf2d0c1e"), ("fasterrcnn_resnet50_fpn_coco", "258fb6c6"),
-                         ("maskrcnn_resnet50_fpn_v2_coco", "73cbd019"), ("fasterrcnn_resnet50_fpn_v2_coco", "dd69338a")]:
+    official = [("maskrcnn_resnet50_fpn_coco", "bf2d0c1e"), ("fasterrcnn_resnet50_fpn_coco", "258fb6c6"),
+                ("maskrcnn_resnet50_fpn_v2_coco", "73cbd019"), ("fasterrcnn_resnet50_fpn_v2_coco", "dd69338a")]
+    for name, prefix in official:
         with pytest.raises(WeightsError):
             resolve_weights(name, cache_dir=tmp_path)
         filename = f"{name}-{prefix}.pth"

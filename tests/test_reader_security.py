@@ -74,9 +74,9 @@ def test_code_execution_globals_are_refused_by_name(tmp_path, fmt, name):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("module, name", [("posix", "system"), ("os", "system"), ("__builtin__", "eval"),
-                                          ("commands", "Popen"), ("torch", "load"), ("torch._utils", "_rebuild_qtensor"),
-                                          ("numpy.core.multiarray", "_reconstruct"), ("copyreg", "_reconstructor")])
+@pytest.mark.parametrize("module, name", [
+    ("posix", "system"), ("os", "system"), ("__builtin__", "eval"), ("commands", "Popen"), ("torch", "load"),
+    ("torch._utils", "_rebuild_qtensor"), ("numpy.core.multiarray", "_reconstruct"), ("copyreg", "_reconstructor")])
 def test_globals_written_by_hand(tmp_path, fmt, module, name):
     """Python 2 spellings (protocol 2's fix_imports), torch's other rebuild functions and numpy's reconstructor."""
     canary = tmp_path / "canary"

@@ -4,13 +4,14 @@
     convert("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth", "maskrcnn.npz")   # or: weights-convert SRC -o DST.npz
     config, arrays = read_npz("maskrcnn.npz")
 
-Modules: `unpickler` (restricted pickle), `reader` (zip and legacy `torch.save` formats), `layout` (the state-dict
-layout of a Config, and the Config of a state dict), `convert`, `npz` (the output format), `__main__` (the CLI).
-Nothing here imports torch.
+Modules: `pickle_scan` + `unpickler` (the restricted pickle), `reader` (zip and legacy `torch.save` formats),
+`layout` (the state-dict layout of a Config, and its validation), `infer` (the Config of a state dict), `convert`,
+`npz` (the output format), `__main__` (the CLI). Nothing here imports torch.
 """
 from .convert import DEFAULT_BN_EPS, OFFICIAL_V1_SHA256_PREFIXES, convert, default_bn_eps, legacy_renames, prepare
 from .errors import CheckpointError, LayoutError, UnsafeCheckpointError, WeightsFileError
-from .layout import architecture_name, check_state_dict, expected_layout, infer_config
+from .infer import infer_config
+from .layout import architecture_name, check_state_dict, expected_layout
 from .npz import FORMAT, FORMAT_VERSION, read_npz, read_npz_metadata, write_npz
 from .reader import load, read_state_dict
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import minimaskrcnn
 from minimaskrcnn.config import Config
 
-from .layout import architecture_name, check_state_dict, default_class_names, infer_config
+from .infer import default_class_names, infer_config
+from .layout import architecture_name, check_state_dict
 from .npz import FORMAT, FORMAT_VERSION, write_npz
 from .reader import read_bytes, read_state_dict
 from .unpickler import StateDict

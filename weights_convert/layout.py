@@ -1,22 +1,22 @@
-"""The state-dict layout of a torchvision ResNet-FPN Mask / Faster R-CNN: keys and shapes from a `Config`, and back.
+"""The state-dict layout of a torchvision ResNet-FPN Mask / Faster R-CNN: keys and shapes from a `Config`.
 
 Shape glossary: `C`: FPN width (`fpn_channels`); `A`: anchors per location (sizes per level x aspect ratios);
 `K`: classes including background; `R`: box-head representation size; `r`: box RoI size (7).
 
-`expected_layout(config)` is the one description of the layout: the converter validates against it, `read_npz`
-re-validates against it, and anyone building the network can walk it. `infer_config(state_dict)` reads back every
-architectural choice the tensors determine (facts §2, §9; torchvision `models/resnet.py`,
-`ops/feature_pyramid_network.py`, `models/detection/{rpn,faster_rcnn,mask_rcnn}.py`). Batch-norm layers are listed
-without `num_batches_tracked` (FrozenBatchNorm2d has none; the converter drops plain BatchNorm's).
+`expected_layout(config)` is the one description of the layout: the converter validates against it
+(`check_state_dict`), `read_npz` re-validates against it, and anyone building the network can walk it
+(facts §2, §9; torchvision `models/resnet.py`, `ops/feature_pyramid_network.py`,
+`models/detection/{rpn,faster_rcnn,mask_rcnn}.py`). `infer.py` goes the other way, state dict -> Config.
+Batch-norm layers are listed without `num_batches_tracked` (FrozenBatchNorm2d has none; the converter drops plain
+BatchNorm's).
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from minimaskrcnn.config import (COCO_CATEGORIES, FASTERRCNN_RESNET50_FPN, FASTERRCNN_RESNET50_FPN_V2,
-                                 MASKRCNN_RESNET50_FPN, MASKRCNN_RESNET50_FPN_V2, Config)
+from minimaskrcnn.config import (FASTERRCNN_RESNET50_FPN, FASTERRCNN_RESNET50_FPN_V2, MASKRCNN_RESNET50_FPN,
+                                 MASKRCNN_RESNET50_FPN_V2, Config)
 
 from .errors import LayoutError
 
@@ -166,126 +166,7 @@ def _mask_head(layout, config):
     layout["roi_heads.mask_predictor.mask_fcn_logits.bias"] = (config.num_classes,)
 
 
-# --- state dict -> Config --------------------------------------------------------------------------------------------
-
-def default_class_names(num_classes: int) -> tuple:
-    """torchvision's COCO names for 91 classes, else '__background__', 'class_1', ..., 'class_{K-1}'."""
-    if num_classes == len(COCO_CATEGORIES):
-        return COCO_CATEGORIES
-    return ("__background__",) + tuple(f"class_{i}" for i in range(1, num_classes))
-
-
-def _count(shapes, pattern):
-    """How many of pattern.format(0), pattern.format(1), ... are keys, counting until the first absent one."""
-    n = 0
-    while pattern.format(n) in shapes:
-        n += 1
-    return n
-
-
-def _dim(shapes, key, axis):
-    shape = shapes.get(key)
-    return shape[axis] if shape is not None and len(shape) > axis else None
-
-
-def infer_config(state_dict, base: Config | None = None) -> Config:
-    """The Config whose layout `state_dict` (already renamed, see `convert.legacy_renames`) has.
-
-    Fields the tensors determine are read from their keys and shapes; the rest (thresholds, anchor sizes, transform)
-    come from `base` (default: torchvision's). Inference is best effort: `check_state_dict` then reports, by name,
-    every key that does not fit.
-    """
-    base = base or Config()
-    shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
-    require_detection(shapes)
-    changes = {}
-
-    bottleneck = "backbone.body.layer1.0.conv3.weight" in shapes
-    kind = "bottleneck" if bottleneck else "basic"
-    counts = []
-    for layer in range(1, 5):
-        n = _count(shapes, f"backbone.body.layer{layer}.{{}}.conv1.weight")
-        if n == 0:
-            break
-        counts.append(n)
-    if counts:
-        depths = [d for d, (k, blocks) in RESNET_BLOCKS.items() if k == kind and blocks[:len(counts)] == tuple(counts)]
-        if not depths:
-            known = "; ".join(f"ResNet-{d}: {k} {b}" for d, (k, b) in RESNET_BLOCKS.items())
-            raise LayoutError(f"backbone.body has {kind} blocks per stage {tuple(counts)}, which is no supported "
-                              f"torchvision ResNet ({known})")
-        changes["resnet_depth"] = depths[0]
-
-    n_fpn = _count(shapes, "backbone.fpn.inner_blocks.{}.0.weight")
-    if n_fpn:
-        unit = STEM_CHANNELS * EXPANSION[kind]
-        layers = []
-        for i in range(n_fpn):
-            c_in = _dim(shapes, f"backbone.fpn.inner_blocks.{i}.0.weight", 1) or 0
-            ratio = c_in // unit
-            if c_in % unit or ratio < 1 or ratio & (ratio - 1) or ratio > 8:
-                raise LayoutError(f"backbone.fpn.inner_blocks.{i} takes {c_in} input channels, which no stage of a "
-                                  f"{kind}-block ResNet produces (64 * 2**(layer-1) * {EXPANSION[kind]})")
-            layers.append(ratio.bit_length())
-        if layers != sorted(set(layers)):
-            raise LayoutError(f"backbone.fpn.inner_blocks read ResNet stages {layers}, which are not increasing")
-        changes["returned_layers"] = tuple(layers)
-        if _dim(shapes, "backbone.fpn.inner_blocks.0.0.weight", 0):
-            changes["fpn_channels"] = _dim(shapes, "backbone.fpn.inner_blocks.0.0.weight", 0)
-    elif _dim(shapes, "rpn.head.cls_logits.weight", 1):      # FPN keys absent or misnamed: width from the RPN
-        changes["fpn_channels"] = _dim(shapes, "rpn.head.cls_logits.weight", 1)
-    changes["fpn_norm"] = "backbone.fpn.inner_blocks.0.1.weight" in shapes
-
-    rpn_depth = _count(shapes, "rpn.head.conv.{}.0.weight")
-    if rpn_depth:
-        changes["rpn_conv_depth"] = rpn_depth
-
-    if "roi_heads.box_head.fc6.weight" in shapes:
-        changes["box_head_convs"], fc = 0, "roi_heads.box_head.fc6.weight"
-    else:
-        n = _count(shapes, "roi_heads.box_head.{}.0.weight")
-        changes["box_head_convs"], fc = n, f"roi_heads.box_head.{n + 1}.weight"
-    rep, flat = _dim(shapes, fc, 0), _dim(shapes, fc, 1)
-    if rep is not None:
-        changes["representation_size"] = rep
-        c = changes.get("fpn_channels", base.fpn_channels)
-        r = math.isqrt(flat // c) if flat and c else 0
-        if r and c * r * r == flat:
-            changes["box_roi_size"] = r
-
-    changes["masks"] = any(k.startswith(("roi_heads.mask_head.", "roi_heads.mask_predictor.")) for k in shapes)
-    n_mask = _count(shapes, "roi_heads.mask_head.{}.0.weight")
-    if n_mask:
-        changes["mask_head_layers"] = tuple(_dim(shapes, f"roi_heads.mask_head.{i}.0.weight", 0)
-                                            for i in range(n_mask))
-        changes["mask_head_norm"] = "roi_heads.mask_head.0.1.weight" in shapes
-
-    num_classes = _dim(shapes, "roi_heads.box_predictor.cls_score.weight", 0)
-    if num_classes is None and _dim(shapes, "roi_heads.box_predictor.bbox_pred.weight", 0):
-        num_classes = _dim(shapes, "roi_heads.box_predictor.bbox_pred.weight", 0) // 4
-    if num_classes and num_classes != base.num_classes:
-        changes["num_classes"], changes["class_names"] = num_classes, default_class_names(num_classes)
-    return base.replace(**changes)
-
-
-def require_detection(keys):
-    """Refuse, with a message saying what the file looks like, a state dict that is no detection model at all."""
-    keys = list(keys)
-    if any(k.startswith(("backbone.body.", "backbone.fpn.", "rpn.", "roi_heads.")) for k in keys):
-        return
-    names = set(keys)
-    if "conv1.weight" in names and "fc.weight" in names:
-        what = "an image-classification ResNet (conv1, layer1-4, fc)"
-    elif "conv1.weight" in names and "layer1.0.conv1.weight" in names:
-        what = "a bare ResNet backbone"
-    elif any(k.startswith("module.backbone.") for k in keys):
-        what = "a DataParallel-wrapped model (keys start with 'module.'; strip that prefix)"
-    else:
-        what = f"something else (first keys: {', '.join(keys[:3]) or 'none'})"
-    raise LayoutError(f"not a Mask R-CNN / Faster R-CNN checkpoint: the state dict is {what}; minimaskrcnn needs a "
-                      f"torchvision detection model's state dict with backbone.body, backbone.fpn, rpn and "
-                      f"roi_heads keys")
-
+# --- validation -------------------------------------------------------------------------------------------------------
 
 def check_state_dict(config: Config, state_dict, *, what: str = "the state dict"):
     """Raise one `LayoutError` naming every missing, unexpected, mis-shaped or non-float key."""

@@ -27,7 +27,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .errors import CheckpointError
-from .unpickler import ITEMSIZE, MAX_DEPTH, StateDict, StorageRef, TensorRef, restricted_load
+from .pickle_scan import MAX_DEPTH
+from .unpickler import ITEMSIZE, StateDict, StorageRef, TensorRef, restricted_load
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C       # torch/serialization.py MAGIC_NUMBER
 LEGACY_PROTOCOL = 1001                      # torch/serialization.py PROTOCOL_VERSION
