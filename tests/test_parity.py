@@ -24,7 +24,6 @@ from minimaskrcnn.torch_trace import torchvision_trace
 
 torch = oracle.torch()
 oracle.torchvision()
-torch.set_num_threads(2)
 
 MASK = "maskrcnn_resnet50_fpn"
 FASTER = "fasterrcnn_resnet50_fpn"
@@ -54,6 +53,7 @@ def run_case(arch: str, source: str, tmp_root: str):
     torch.save(model.state_dict(), pth)
     ours = minimaskrcnn.load(convert(pth, pth.replace(".pth", ".npz")))
     chw = np.ascontiguousarray(image.transpose(2, 0, 1))                     # (3, H, W)
+    torch.set_num_threads(2)     # pinned: torch's 1-thread bilinear kernel strays 5.2e-6 from the formula (below)
     tv = torchvision_trace(model, chw)
     det, trace = ours.predict(image, trace=True)
     return ours, tv, det, trace, report
@@ -84,10 +84,13 @@ def assert_stages(model, tv):
     """Every stage fed torchvision's own inputs for that stage (facts §10.4 tolerances)."""
     cfg, w = model.config, model.weights
     size = tuple(int(v) for v in tv["image_size"])
-    # transform: normalize bitwise, resize within 1 ulp
+    # transform: resized size exact; values within 1e-6. Measured here: 7.2e-7 (3 ulp at |x| = 2.2); ours is within
+    # 5.7e-7 of the float64 evaluation of the formula, torch's 2-thread kernel within 4.1e-7, and torch's
+    # single-thread kernel 5.2e-6 away from both at isolated pixels, so bitwise agreement is not a meaningful target
+    # (facts §1) and the reference is captured with 2 threads.
     x, got_size = transform.preprocess(tv["image"], cfg)
     assert tuple(got_size) == size and x.shape == tv["normalized"].shape
-    assert np.abs(x - tv["normalized"]).max() <= np.spacing(np.float32(np.abs(tv["normalized"]).max()))
+    assert np.abs(x - tv["normalized"]).max() <= 1e-6
     # ResNet body and FPN, from torchvision's input / C maps: within 1e-3 of each map's max
     c_names = [f"C{i}" for i in range(2, 6)]
     p_names = [f"P{i}" for i in range(2, 7)]
@@ -183,3 +186,17 @@ def test_trace_names_and_summary(tmp_root):
     assert set(tv) <= set(trace)           # the torchvision capture uses the same names
     text = trace.summary()
     assert "P2" in text and "float32" in text and len(text.splitlines()) == len(trace) + 1
+
+
+def test_normalize_bitwise():
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+    image = tv_models.structured_image(97, 131, 3).transpose(2, 0, 1).copy()
+    cfg = minimaskrcnn_config()
+    ref = GeneralizedRCNNTransform(cfg.min_size, cfg.max_size, list(cfg.image_mean), list(cfg.image_std))
+    np.testing.assert_array_equal(transform.normalize(image, cfg.image_mean, cfg.image_std),
+                                  ref.normalize(torch.from_numpy(image)).numpy())
+
+
+def minimaskrcnn_config():
+    from minimaskrcnn.config import MASKRCNN_RESNET50_FPN
+    return MASKRCNN_RESNET50_FPN
