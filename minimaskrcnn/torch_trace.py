@@ -5,6 +5,9 @@ method wrappers for one eval-mode forward of one image, and returns a `Trace` wh
 conventions equal `MaskRCNN.predict(..., trace=True)`'s (feature maps (C, H, W), boxes x1, y1, x2, y2 in
 resized-image pixels unless named `final_boxes`). torch is imported only when this module is used; it is never a
 dependency of inference.
+
+    model = torchvision_model(config, state_dict)     # the torchvision twin of a converted minimaskrcnn model
+    trace = torchvision_trace(model, image)           # its intermediates, by minimaskrcnn's stage names
 """
 from __future__ import annotations
 
@@ -16,6 +19,78 @@ from .trace import Trace
 
 def _np(t):
     return t.detach().cpu().numpy()
+
+
+def import_torchvision():
+    """(torch, torchvision), or an ImportError saying in one line what is missing and how to get it."""
+    try:
+        import torch
+        import torchvision
+        import torchvision.ops  # noqa: F401  (loads the compiled ops: fails when torch and torchvision mismatch)
+    except Exception as e:   # ImportError, or a torch/torchvision build mismatch
+        raise ImportError(f"the torchvision capture needs torch and torchvision (pip install torch torchvision): "
+                          f"{' '.join(str(e).split())}") from None
+    return torch, torchvision
+
+
+def torchvision_model(config, state_dict):
+    """The torchvision Mask R-CNN / Faster R-CNN described by a minimaskrcnn `Config`, loaded with `state_dict`
+    (torchvision key -> array, as `weights_convert.read_npz` returns), in eval mode.
+
+    Built from torchvision's parts exactly as its builders do (models/detection/{mask,faster}_rcnn.py): a ResNet
+    body with plain BatchNorm2d (eps = config.bn_eps, which is 0.0 for the COCO v1 checkpoints; facts §2.1), the FPN
+    (with BatchNorm for v2), the anchor generator, heads and poolers of the config, and its inference constants.
+    """
+    torch, tv = import_torchvision()
+    from torch import nn
+    from torchvision.models.detection import faster_rcnn, mask_rcnn, rpn
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    cfg = config
+    resnet = getattr(tv.models, f"resnet{cfg.resnet_depth}")(weights=None, norm_layer=nn.BatchNorm2d)
+    body = _resnet_fpn_extractor(resnet, 5, list(cfg.returned_layers), norm_layer=nn.BatchNorm2d if cfg.fpn_norm
+                                 else None)
+    for m in body.body.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = cfg.bn_eps
+    c = body.out_channels
+    anchors = AnchorGenerator(tuple(tuple(s) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),)
+                              * len(cfg.anchor_sizes))
+    names = [str(i) for i in range(len(cfg.returned_layers))]      # the poolers skip the extra level ('pool')
+    if cfg.box_head_convs:
+        box_head = faster_rcnn.FastRCNNConvFCHead((c, cfg.box_roi_size, cfg.box_roi_size),
+                                                  [c] * cfg.box_head_convs, [cfg.representation_size],
+                                                  norm_layer=nn.BatchNorm2d)
+    else:
+        box_head = faster_rcnn.TwoMLPHead(c * cfg.box_roi_size ** 2, cfg.representation_size)
+    kwargs = dict(min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(cfg.image_mean),
+                  image_std=list(cfg.image_std), rpn_anchor_generator=anchors,
+                  rpn_head=rpn.RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=cfg.rpn_conv_depth),
+                  rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n,
+                  rpn_nms_thresh=cfg.rpn_nms_thresh, rpn_score_thresh=cfg.rpn_score_thresh,
+                  box_roi_pool=MultiScaleRoIAlign(names, cfg.box_roi_size, cfg.sampling_ratio), box_head=box_head,
+                  box_predictor=faster_rcnn.FastRCNNPredictor(cfg.representation_size, cfg.num_classes),
+                  box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
+                  box_detections_per_img=cfg.box_detections_per_img, bbox_reg_weights=tuple(cfg.bbox_reg_weights))
+    if cfg.masks:
+        reduced = state_dict["roi_heads.mask_predictor.conv5_mask.weight"].shape[1]   # (in, out, 2, 2)
+        kwargs.update(mask_roi_pool=MultiScaleRoIAlign(names, cfg.mask_roi_size, cfg.sampling_ratio),
+                      mask_head=mask_rcnn.MaskRCNNHeads(c, list(cfg.mask_head_layers), 1,
+                                                        norm_layer=nn.BatchNorm2d if cfg.mask_head_norm else None),
+                      mask_predictor=mask_rcnn.MaskRCNNPredictor(cfg.mask_head_layers[-1], reduced, cfg.num_classes))
+        model = mask_rcnn.MaskRCNN(body, **kwargs)
+    else:
+        model = faster_rcnn.FasterRCNN(body, **kwargs)
+    model.rpn.min_size = cfg.rpn_min_size
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"state_dict does not fit the torchvision model of this config: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    return model.eval()
 
 
 def torchvision_trace(model, image: np.ndarray) -> Trace:
