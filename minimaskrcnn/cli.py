@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("--max-frames", type=_positive, metavar="N", help="read only the first N frames of the input")
     vid.add_argument("--jsonl", metavar="FILE", help="per-frame detections as JSON lines (frame, time, detections)")
     vid.set_defaults(func=cmd_video)
+    from .cli_study import add_study_commands         # trace, compare, explain: looking inside the network
+    add_study_commands(sub, fmt)
     return parser
 
 

@@ -25,6 +25,8 @@ from . import drawing as F
 from . import ops, outputs, rpn
 from .roi_heads import softmax
 
+LOCATION = r"\s*(?:(P\d+)\s*:)?\s*(\d+(?:\.\d*)?)\s*,\s*(\d+(?:\.\d*)?)\s*"   # "Y,X" or "P4:ROW,COL"
+
 
 @dataclass
 class View:
@@ -98,7 +100,7 @@ def detection_sources(trace, cfg) -> tuple[np.ndarray, np.ndarray]:
 
 def parse_location(text: str, view: View) -> tuple[float, float]:
     """"Y,X" (original-image pixels) or "P4:ROW,COL" (a cell of a level) -> (y, x) in resized-image pixels."""
-    m = re.fullmatch(r"\s*(?:(P\d+)\s*:)?\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*", text or "")
+    m = re.fullmatch(LOCATION, text or "")
     if not m:
         raise ValueError(f"anchor location: expected Y,X (original-image pixels) or LEVEL:ROW,COL such as P4:12,20, "
                          f"got {text!r}")
