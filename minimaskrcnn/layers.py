@@ -2,22 +2,25 @@
 
 Shape glossary
     C, C'   input / output channels
-    N       images or RoIs of a channel-major batch
+    N       RoIs of a batch
     H, W    input height and width;  H', W'  output height and width
     k       square kernel side;  s  stride;  p  zero padding
-    KK      GEMM inner length C*k*k (one im2col row per (c, ky, kx))
-    B       columns of one im2col block (= whole output rows, R*W')
+    KK      GEMM inner length C*k*k
+    B       one block of im2col output positions
 
-Layout. One image is a `(C, H, W)` float32 map (torchvision's layout without the batch axis). A batch of RoIs goes
-through the convolutions *channel-major*, `(C, N, H, W)`: one GEMM then covers every RoI, and its `(C', N*H'*W')`
-product already is the next layer's input. `conv2d` is the `N = 1` case of `conv2d_batch`.
+Layouts. One image is a `(C, H, W)` float32 map (torchvision's layout without the batch axis): `conv2d`. A batch of
+RoIs goes through the head convolutions *channels-last*, `(N, H, W, C)`: `conv2d_rois`. At 7x7 or 14x14 the rows of an
+image are too short for a fast channel-major unfolding (7 floats per copy), while channels-last copies whole pixels
+(C = 256 contiguous floats), and one GEMM covers all RoIs, its `(N*H'*W', C')` product already being the next layer's
+input. A `Conv` is packed for one of the two layouts (`Conv.channels_last`).
 
-Convolution as a matrix product ("im2col", Chellapilla, Puri & Simard 2006): with the weight packed as
-`(C', C*k*k)` and the input unfolded into columns `(C*k*k, H'*W')`, `out = W @ cols + b`. The unfolding is done for a
-block of output rows at a time into a buffer of at most `IM2COL_BLOCK_BYTES`, so a 3x3 convolution at P2 (200x272,
-256 channels: 500 MB unfolded) runs in ~13 MB pieces; a 1x1 stride-1 convolution needs no unfolding at all (its
-columns are the input itself). The GEMM is NumPy's (BLAS), the rest are parallel Numba kernels. Bias, the residual
-of a ResNet block and the ReLU are applied to each output block right after its GEMM, while it is still in cache.
+Convolution as a matrix product ("im2col", Chellapilla, Puri & Simard 2006). Image layout: weight `(C', C*k*k)` times
+the input unfolded into columns `(C*k*k, H'*W')`, rows in (c, ky, kx) order. Channels-last: the unfolded input
+`(N*H'*W', k*k*C)`, columns in (ky, kx, c) order, times the weight `(k*k*C, C')`. The unfolding is done for a block
+of output positions at a time into a buffer of at most `IM2COL_BLOCK_BYTES`, so a 3x3 convolution at P2 (200x272,
+256 channels: 500 MB unfolded) runs in ~16 MB pieces; a 1x1 stride-1 convolution needs no unfolding at all (its
+input is the column matrix). The GEMM is NumPy's (BLAS). Bias, the residual of a ResNet block and the ReLU are
+applied to each output block right after its GEMM, while it is still in cache.
 
 BatchNorm (frozen or eval-mode: `y = (x - mean) / sqrt(var + eps) * gamma + beta`) is affine per channel and is
 folded into the preceding convolution at load time (facts §11 "easy wins"):
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # Upper bound on one im2col block: keeps the buffer in the last-level cache's neighbourhood and below glibc's
 # mmap threshold (32 MB), so it is recycled from call to call instead of being page-faulted in again.
@@ -47,19 +50,21 @@ IM2COL_BLOCK_BYTES = 16 * 2**20
 class Conv:
     """A 2-D convolution (square kernel, no dilation, groups = 1) with any BatchNorm already folded in."""
 
-    weight: np.ndarray  # (C', C*k*k) float32 C-contiguous: GEMM left operand, columns in (c, ky, kx) order
-    bias: np.ndarray    # (C',) float32; zeros when the layer has neither bias nor BatchNorm
+    weight: np.ndarray      # float32 C-contiguous GEMM operand: (C', C*k*k) in (c, ky, kx) order for `conv2d`,
+                            # (k*k*C, C') in (ky, kx, c) order for `conv2d_rois` (channels_last)
+    bias: np.ndarray        # (C',) float32; zeros when the layer has neither bias nor BatchNorm
     kernel: int
     stride: int
     padding: int
+    channels_last: bool     # which layout `weight` is packed for
 
     @property
     def out_channels(self) -> int:
-        return self.weight.shape[0]
+        return self.bias.shape[0]
 
     @property
     def in_channels(self) -> int:
-        return self.weight.shape[1] // (self.kernel * self.kernel)
+        return self.weight.size // (self.out_channels * self.kernel * self.kernel)
 
 
 @dataclass(frozen=True)
@@ -72,9 +77,9 @@ class Linear:
 
 @dataclass(frozen=True)
 class ConvTranspose2x2:
-    """ConvTranspose2d with kernel 2, stride 2, padding 0: every input pixel owns its own 2x2 output patch."""
+    """ConvTranspose2d with kernel 2, stride 2, padding 0, channels-last: every input pixel owns a 2x2 output patch."""
 
-    weight: np.ndarray  # (4*C', C) float32: rows in (p, q, o) order, p/q = row/column inside the 2x2 patch
+    weight: np.ndarray  # (C, 4*C') float32: columns in (p, q, o) order, p/q = row/column inside the 2x2 patch
     bias: np.ndarray    # (C',) float32
 
     @property
@@ -99,8 +104,9 @@ def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps: float):
     return folded_w.astype(np.float32), folded_b.astype(np.float32)
 
 
-def make_conv(weight, bias=None, *, stride: int = 1, padding: int = 0) -> Conv:
-    """Pack a torch-layout conv weight (C', C, k, k) (and optional bias (C',)) for `conv2d`."""
+def make_conv(weight, bias=None, *, stride: int = 1, padding: int = 0, channels_last: bool = False) -> Conv:
+    """Pack a torch-layout conv weight (C', C, k, k) (and optional bias (C',)) for `conv2d`, or for `conv2d_rois`
+    when channels_last."""
     weight = np.asarray(weight, np.float32)
     if weight.ndim != 4 or weight.shape[2] != weight.shape[3]:
         raise ValueError(f"weight: expected (C', C, k, k) with a square kernel, got {weight.shape}")
@@ -108,19 +114,29 @@ def make_conv(weight, bias=None, *, stride: int = 1, padding: int = 0) -> Conv:
     bias = np.zeros(c_out, np.float32) if bias is None else np.asarray(bias, np.float32)
     if bias.shape != (c_out,):
         raise ValueError(f"bias: expected ({c_out},), got {bias.shape}")
-    packed = np.ascontiguousarray(weight.reshape(c_out, c_in * k * k))     # (C', C, k, k) -> (C', C*k*k)
-    return Conv(packed, np.ascontiguousarray(bias), k, stride, padding)
+    if channels_last:
+        packed = weight.transpose(2, 3, 1, 0).reshape(k * k * c_in, c_out)  # (C', C, k, k) -> (k, k, C, C') -> (KK, C')
+    else:
+        packed = weight.reshape(c_out, c_in * k * k)                         # (C', C, k, k) -> (C', KK)
+    return Conv(np.ascontiguousarray(packed), np.ascontiguousarray(bias), k, stride, padding, channels_last)
 
 
-def load_conv(sd: Mapping[str, np.ndarray], name: str, *, stride: int = 1, padding: int = 0,
-              bn: str | None = None, eps: float = 1e-5) -> Conv:
-    """The convolution `name` of a torchvision state dict (`name.weight`, optional `name.bias`), with the
-    BatchNorm whose key prefix is `bn` (`bn.weight`, `.bias`, `.running_mean`, `.running_var`) folded in."""
-    weight, bias = sd[f"{name}.weight"], sd.get(f"{name}.bias")
+def load_conv(sd: Mapping[str, np.ndarray], name: str, kernel: int, *, stride: int = 1, padding: int = 0,
+              bn: str | None = None, eps: float = 1e-5, channels_last: bool = False) -> Conv:
+    """The kernel x kernel convolution `name` of a torchvision state dict (`name.weight`, `name.bias`), with the
+    BatchNorm whose key prefix is `bn` (`bn.weight`, `.bias`, `.running_mean`, `.running_var`) folded in.
+
+    The bias is optional only before a BatchNorm: every convolution of these models without a norm has one, so a
+    missing bias there means the weights belong to another architecture (e.g. v2 weights read with a v1 Config).
+    """
+    weight = sd[f"{name}.weight"]
+    if np.ndim(weight) != 4 or np.shape(weight)[2:] != (kernel, kernel):
+        raise ValueError(f"{name}.weight: expected a (C', C, {kernel}, {kernel}) kernel, got {np.shape(weight)}")
+    bias = sd[f"{name}.bias"] if bn is None else sd.get(f"{name}.bias")
     if bn is not None:
         weight, bias = fold_batchnorm(weight, bias, sd[f"{bn}.weight"], sd[f"{bn}.bias"],
                                       sd[f"{bn}.running_mean"], sd[f"{bn}.running_var"], eps)
-    return make_conv(weight, bias, stride=stride, padding=padding)
+    return make_conv(weight, bias, stride=stride, padding=padding, channels_last=channels_last)
 
 
 def load_linear(sd: Mapping[str, np.ndarray], name: str) -> Linear:
@@ -138,8 +154,8 @@ def load_conv_transpose2x2(sd: Mapping[str, np.ndarray], name: str) -> ConvTrans
     if weight.ndim != 4 or weight.shape[2:] != (2, 2):
         raise ValueError(f"{name}.weight: expected (C, C', 2, 2), got {weight.shape}")
     c_in, c_out = weight.shape[:2]
-    # (C, C', 2, 2) -> (2, 2, C', C) -> (4*C', C): row (p*2 + q)*C' + o holds W[:, o, p, q]
-    packed = np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(4 * c_out, c_in))
+    # (C, C', 2, 2) -> (C, 2, 2, C') -> (C, 4*C'): column (p*2 + q)*C' + o holds W[:, o, p, q]
+    packed = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(c_in, 4 * c_out))
     bias = np.ascontiguousarray(sd[f"{name}.bias"], np.float32)            # (C',)
     return ConvTranspose2x2(packed, bias)
 
@@ -150,60 +166,91 @@ def load_conv_transpose2x2(sd: Mapping[str, np.ndarray], name: str) -> ConvTrans
 
 def conv2d(x: np.ndarray, conv: Conv, relu: bool = False, residual: np.ndarray | None = None) -> np.ndarray:
     """`relu(conv(x) + bias + residual)` of one image `x` (C, H, W) -> (C', H', W'); residual shaped as the output."""
-    if x.ndim != 3:
-        raise ValueError(f"x: expected (C, H, W), got shape {x.shape}")
-    res = None if residual is None else residual[:, None]                   # (C', 1, H', W')
-    return conv2d_batch(x[:, None], conv, relu, res)[:, 0]                  # (C', H', W')
-
-
-def conv2d_batch(x: np.ndarray, conv: Conv, relu: bool = False, residual: np.ndarray | None = None) -> np.ndarray:
-    """`conv2d` of a channel-major batch `x` (C, N, H, W) -> (C', N, H', W'), one GEMM per block of output rows."""
-    if x.ndim != 4 or x.shape[0] != conv.in_channels:
-        raise ValueError(f"x: expected (C={conv.in_channels}, N, H, W), got shape {x.shape}")
+    if x.ndim != 3 or x.shape[0] != conv.in_channels or conv.channels_last:
+        raise ValueError(f"x: expected (C={conv.in_channels}, H, W) and an image-layout conv, got shape {x.shape}")
     x = np.ascontiguousarray(x, np.float32)
-    c_in, n, h, w = x.shape
+    c_in, h, w = x.shape
     k, s, p = conv.kernel, conv.stride, conv.padding
-    h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    if h_out < 1 or w_out < 1:
-        raise ValueError(f"x: {h}x{w} is too small for kernel {k}, stride {s}, padding {p}")
-    out = np.empty((conv.out_channels, n * h_out * w_out), np.float32)      # (C', N*H'*W')
+    h_out, w_out = _output_size(h, w, k, s, p)
+    out = np.empty((conv.out_channels, h_out * w_out), np.float32)          # (C', H'*W')
     if residual is not None:
-        residual = np.ascontiguousarray(residual, np.float32).reshape(out.shape)   # (C', N*H'*W')
+        residual = np.ascontiguousarray(residual, np.float32).reshape(out.shape)   # (C', H'*W')
     direct = k == 1 and s == 1 and p == 0                                   # the input already is the column matrix
-    x_cols = x.reshape(c_in, n * h * w)                                     # (C, N*H*W), used when direct
-    n_rows = n * h_out                                                      # output rows over the batch
-    rows_per_block = max(1, IM2COL_BLOCK_BYTES // (4 * conv.weight.shape[1] * w_out))
-    cols = None if direct else np.empty((conv.weight.shape[1], min(rows_per_block, n_rows) * w_out), np.float32)
-    for r0 in range(0, n_rows, rows_per_block):
-        r1 = min(r0 + rows_per_block, n_rows)
+    rows_per_block = max(1, IM2COL_BLOCK_BYTES // (4 * c_in * k * k * w_out))
+    cols = None if direct else np.empty((c_in * k * k, min(rows_per_block, h_out) * w_out), np.float32)
+    for r0 in range(0, h_out, rows_per_block):                              # blocks of whole output rows
+        r1 = min(r0 + rows_per_block, h_out)
         j0, j1 = r0 * w_out, r1 * w_out                                     # output columns of this block
         if direct:
-            block = x_cols[:, j0:j1]                                        # (C, B)
+            block = x.reshape(c_in, h * w)[:, j0:j1]                        # (C, B)
         else:
             block = cols[:, : j1 - j0]                                      # (C*k*k, B)
-            _im2col_kernel(x, k, s, p, h_out, w_out, r0, r1, block)
+            _im2col_kernel(x, k, s, p, w_out, r0, r1, block)
         np.matmul(conv.weight, block, out=out[:, j0:j1])                    # (C', KK) @ (KK, B) -> (C', B)
         if residual is None:
             _bias_act_kernel(out, conv.bias, j0, j1, relu)
         else:
             _bias_residual_act_kernel(out, conv.bias, residual, j0, j1, relu)
-    return out.reshape(conv.out_channels, n, h_out, w_out)                  # (C', N, H', W')
+    return out.reshape(conv.out_channels, h_out, w_out)                     # (C', H', W')
+
+
+def conv2d_rois(x: np.ndarray, conv: Conv, relu: bool = False) -> np.ndarray:
+    """`relu(conv(x) + bias)` of a channels-last RoI batch `x` (N, H, W, C) -> (N, H', W', C'), one GEMM per block
+    of output positions over the whole batch."""
+    if x.ndim != 4 or x.shape[3] != conv.in_channels or not conv.channels_last:
+        raise ValueError(f"x: expected (N, H, W, C={conv.in_channels}) and a channels-last conv, got shape {x.shape}")
+    x = np.ascontiguousarray(x, np.float32)
+    n, h, w, c_in = x.shape
+    k, s, p = conv.kernel, conv.stride, conv.padding
+    h_out, w_out = _output_size(h, w, k, s, p)
+    m = n * h_out * w_out                                                   # output positions
+    out = np.empty((m, conv.out_channels), np.float32)                      # (N*H'*W', C')
+    direct = k == 1 and s == 1 and p == 0
+    per_block = max(1, IM2COL_BLOCK_BYTES // (4 * c_in * k * k))
+    cols = None if direct else np.empty((min(per_block, m), c_in * k * k), np.float32)
+    for m0 in range(0, m, per_block):
+        m1 = min(m0 + per_block, m)
+        if direct:
+            block = x.reshape(m, c_in)[m0:m1]                               # (B, C)
+        else:
+            block = cols[: m1 - m0]                                         # (B, KK)
+            _im2col_channels_last_kernel(x, k, s, p, h_out, w_out, m0, m1, block)
+        y = np.matmul(block, conv.weight, out=out[m0:m1])                   # (B, KK) @ (KK, C') -> (B, C')
+        y += conv.bias
+        if relu:
+            np.maximum(y, 0, out=y)
+    return out.reshape(n, h_out, w_out, conv.out_channels)                  # (N, H', W', C')
 
 
 def conv_transpose2x2(x: np.ndarray, deconv: ConvTranspose2x2, relu: bool = False) -> np.ndarray:
-    """ConvTranspose2d(kernel 2, stride 2) of a channel-major batch `x` (C, N, H, W) -> (C', N, 2H, 2W).
+    """ConvTranspose2d(kernel 2, stride 2) of a channels-last batch `x` (N, H, W, C) -> (N, 2H, 2W, C')."""
+    patches = conv_transpose2x2_patches(x, deconv, relu)                    # (N, H, W, 2, 2, C')
+    n, h, w, _, _, c_out = patches.shape
+    # (N, H, W, 2, 2, C') -> (N, H, 2, W, 2, C') -> (N, 2H, 2W, C'): patch pixel (p, q) of (i, j) lands at (2i+p, 2j+q)
+    return patches.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out)
 
-    Patches do not overlap (facts §7): `out[o, n, 2i+p, 2j+q] = b[o] + sum_c x[c, n, i, j] * W[c, o, p, q]`,
-    i.e. one GEMM `(4*C', C) @ (C, N*H*W)` followed by a scatter of the four (p, q) planes.
+
+def conv_transpose2x2_patches(x: np.ndarray, deconv: ConvTranspose2x2, relu: bool = False) -> np.ndarray:
+    """The output of `conv_transpose2x2` as its 2x2 patches, (N, H, W, 2, 2, C') (before interleaving them).
+
+    Patches do not overlap (facts §7): `patch[n, i, j, p, q, o] = b[o] + sum_c x[n, i, j, c] * W[c, o, p, q]`,
+    one GEMM `(N*H*W, C) @ (C, 4*C')`.
     """
-    if x.ndim != 4 or x.shape[0] != deconv.weight.shape[1]:
-        raise ValueError(f"x: expected (C={deconv.weight.shape[1]}, N, H, W), got shape {x.shape}")
-    c_in, n, h, w = x.shape
-    x_cols = np.ascontiguousarray(x, np.float32).reshape(c_in, n * h * w)  # (C, N*H*W)
-    patches = deconv.weight @ x_cols                                        # (4*C', N*H*W)
-    out = np.empty((deconv.out_channels, n, 2 * h, 2 * w), np.float32)      # (C', N, 2H, 2W)
-    _scatter_2x2_kernel(patches.reshape(4, deconv.out_channels, n, h, w), deconv.bias, relu, out)
-    return out
+    if x.ndim != 4 or x.shape[3] != deconv.weight.shape[0]:
+        raise ValueError(f"x: expected (N, H, W, C={deconv.weight.shape[0]}), got shape {x.shape}")
+    n, h, w, c_in = x.shape
+    c_out = deconv.out_channels
+    y = np.ascontiguousarray(x, np.float32).reshape(n * h * w, c_in) @ deconv.weight   # (N*H*W, 4*C')
+    y = y.reshape(n, h, w, 2, 2, c_out)                                     # (N, H, W, p, q, C')
+    y += deconv.bias
+    return np.maximum(y, 0, out=y) if relu else y
+
+
+def _output_size(h: int, w: int, k: int, s: int, p: int) -> tuple:
+    h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"x: {h}x{w} is too small for kernel {k}, stride {s}, padding {p}")
+    return h_out, w_out
 
 
 def linear(x: np.ndarray, fc: Linear, relu: bool = False) -> np.ndarray:
@@ -262,14 +309,14 @@ def _nearest_source_index(n_in: int, n_out: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 
 @njit(cache=True)
-def _im2col_kernel(x, k, s, p, h_out, w_out, r0, r1, cols):
-    """cols[(c*k + ky)*k + kx, (r - r0)*W' + ox] = x[c, n, oy*s - p + ky, ox*s - p + kx] (0 outside the image),
-    for the output rows r = n*H' + oy in r0..r1 of the whole batch.
+def _im2col_kernel(x, k, s, p, w_out, r0, r1, cols):
+    """cols[(c*k + ky)*k + kx, (oy - r0)*W' + ox] = x[c, oy*s - p + ky, ox*s - p + kx] (0 outside the image),
+    for the output rows oy in r0..r1.
 
     Serial on purpose: a parallel (OpenMP) kernel alternating with the BLAS GEMM leaves its threads spinning while
     BLAS runs on the same 2 cores, which made the convolution 2x slower than the sum of its parts.
     """
-    c_in, _, h, w = x.shape
+    c_in, h, w = x.shape
     kk = k * k
     for row in range(c_in * kk):
         c, ky, kx = row // kk, (row % kk) // k, row % k
@@ -277,14 +324,13 @@ def _im2col_kernel(x, k, s, p, h_out, w_out, r0, r1, cols):
         ox_lo = min(max(0, (p - kx + s - 1) // s), w_out)
         ox_hi = max(min(w_out, (w - 1 + p - kx) // s + 1), ox_lo)
         ix_lo = ox_lo * s - p + kx
-        for r in range(r0, r1):
-            n, oy = r // h_out, r % h_out
+        for oy in range(r0, r1):
             iy = oy * s - p + ky
-            dst = cols[row, (r - r0) * w_out:(r - r0 + 1) * w_out]         # (W',)
+            dst = cols[row, (oy - r0) * w_out:(oy - r0 + 1) * w_out]       # (W',)
             if iy < 0 or iy >= h:
                 dst[:] = 0.0
                 continue
-            src = x[c, n, iy]                                               # (W,)
+            src = x[c, iy]                                                  # (W,)
             dst[:ox_lo] = 0.0
             if s == 1:
                 dst[ox_lo:ox_hi] = src[ix_lo:ix_lo + ox_hi - ox_lo]
@@ -295,9 +341,27 @@ def _im2col_kernel(x, k, s, p, h_out, w_out, r0, r1, cols):
 
 
 @njit(cache=True)
+def _im2col_channels_last_kernel(x, k, s, p, h_out, w_out, m0, m1, cols):
+    """cols[m - m0, (ky*k + kx)*C + c] = x[n, oy*s - p + ky, ox*s - p + kx, c] (0 outside the image), for the output
+    positions m = (n*H' + oy)*W' + ox in m0..m1: whole pixels (C contiguous floats) per copy. Serial, as above."""
+    _, h, w, c_in = x.shape
+    for m in range(m0, m1):
+        n, oy, ox = m // (h_out * w_out), (m // w_out) % h_out, m % w_out
+        for ky in range(k):
+            iy = oy * s - p + ky
+            for kx in range(k):
+                ix = ox * s - p + kx
+                dst = cols[m - m0, (ky * k + kx) * c_in:(ky * k + kx + 1) * c_in]   # (C,)
+                if 0 <= iy < h and 0 <= ix < w:
+                    dst[:] = x[n, iy, ix]
+                else:
+                    dst[:] = 0.0
+
+
+@njit(cache=True)
 def _bias_act_kernel(out, bias, j0, j1, relu):
     """out[o, j0:j1] = relu?(out[o, j0:j1] + bias[o]), in place."""
-    for o in prange(out.shape[0]):
+    for o in range(out.shape[0]):
         b = bias[o]
         for j in range(j0, j1):
             v = out[o, j] + b
@@ -307,34 +371,19 @@ def _bias_act_kernel(out, bias, j0, j1, relu):
 @njit(cache=True)
 def _bias_residual_act_kernel(out, bias, residual, j0, j1, relu):
     """out[o, j0:j1] = relu?((out + bias[o]) + residual), in place: torchvision's order, BN(conv) + identity."""
-    for o in prange(out.shape[0]):
+    for o in range(out.shape[0]):
         b = bias[o]
         for j in range(j0, j1):
             v = (out[o, j] + b) + residual[o, j]
             out[o, j] = 0.0 if relu and v < 0.0 else v
 
 
-@njit(cache=True, parallel=True)
-def _scatter_2x2_kernel(patches, bias, relu, out):
-    """out[o, n, 2i+p, 2j+q] = relu?(patches[p*2+q, o, n, i, j] + bias[o])."""
-    _, c_out, n_img, h, w = patches.shape
-    for o in prange(c_out):
-        b = bias[o]
-        for n in range(n_img):
-            for i in range(h):
-                for pq in range(4):
-                    row = 2 * i + pq // 2
-                    for j in range(w):
-                        v = patches[pq, o, n, i, j] + b
-                        out[o, n, row, 2 * j + pq % 2] = 0.0 if relu and v < 0.0 else v
-
-
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _max_pool_kernel(x, k, s, p, out):
     """out[c, oy, ox] = max of the in-bounds pixels of the k x k window at (oy*s - p, ox*s - p); NaN sticks."""
     c_in, h, w = x.shape
     _, h_out, w_out = out.shape
-    for c in prange(c_in):
+    for c in range(c_in):
         for oy in range(h_out):
             y_lo, y_hi = max(oy * s - p, 0), min(oy * s - p + k, h)
             for ox in range(w_out):

@@ -2,7 +2,7 @@
 
 Each function follows the definition of the operation directly (one output element or one kernel offset at a time),
 in float64, so the fast float32 kernels can be checked against it with an error bound (see tests/test_layers.py).
-Shape glossary as in `minimaskrcnn/layers.py`: C/C' in/out channels, N batch, H/W and H'/W' in/out sizes.
+Shape glossary as in `minimaskrcnn/layers.py`: C/C' in/out channels, N RoIs, H/W and H'/W' in/out sizes.
 """
 import math
 
@@ -31,20 +31,36 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0):
 
 
 def im2col_naive(x, k, stride, padding):
-    """Column matrix of a channel-major batch `x` (C, N, H, W): (C*k*k, N*H'*W'), row (c*k + ky)*k + kx,
-    column (n*H' + oy)*W' + ox."""
-    c_in, n_img, h, w = x.shape
+    """Column matrix of one image `x` (C, H, W): (C*k*k, H'*W'), row (c*k + ky)*k + kx, column oy*W' + ox."""
+    c_in, h, w = x.shape
     h_out, w_out = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
-    cols = np.zeros((c_in * k * k, n_img * h_out * w_out), x.dtype)
+    cols = np.zeros((c_in * k * k, h_out * w_out), x.dtype)
     for c in range(c_in):
         for ky in range(k):
             for kx in range(k):
-                for n in range(n_img):
-                    for oy in range(h_out):
-                        for ox in range(w_out):
+                for oy in range(h_out):
+                    for ox in range(w_out):
+                        iy, ix = oy * stride - padding + ky, ox * stride - padding + kx
+                        if 0 <= iy < h and 0 <= ix < w:
+                            cols[(c * k + ky) * k + kx, oy * w_out + ox] = x[c, iy, ix]
+    return cols
+
+
+def im2col_channels_last_naive(x, k, stride, padding):
+    """Row matrix of a channels-last batch `x` (N, H, W, C): (N*H'*W', k*k*C), row (n*H' + oy)*W' + ox, column
+    (ky*k + kx)*C + c."""
+    n_img, h, w, c_in = x.shape
+    h_out, w_out = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    cols = np.zeros((n_img * h_out * w_out, k * k * c_in), x.dtype)
+    for n in range(n_img):
+        for oy in range(h_out):
+            for ox in range(w_out):
+                for ky in range(k):
+                    for kx in range(k):
+                        for c in range(c_in):
                             iy, ix = oy * stride - padding + ky, ox * stride - padding + kx
                             if 0 <= iy < h and 0 <= ix < w:
-                                cols[(c * k + ky) * k + kx, (n * h_out + oy) * w_out + ox] = x[c, n, iy, ix]
+                                cols[(n * h_out + oy) * w_out + ox, (ky * k + kx) * c_in + c] = x[n, iy, ix, c]
     return cols
 
 
@@ -63,18 +79,18 @@ def max_pool2d_naive(x, kernel=3, stride=2, padding=1):
 
 
 def conv_transpose2x2_naive(x, weight, bias):
-    """ConvTranspose2d(kernel 2, stride 2) of `x` (C, N, H, W) with torch weight (C, C', 2, 2): (C', N, 2H, 2W)."""
+    """ConvTranspose2d(kernel 2, stride 2) of `x` (N, H, W, C) with torch weight (C, C', 2, 2): (N, 2H, 2W, C')."""
     x = np.asarray(x, np.float64)
     weight = np.asarray(weight, np.float64)
-    c_in, n_img, h, w = x.shape
+    n_img, h, w, c_in = x.shape
     c_out = weight.shape[1]
-    out = np.zeros((c_out, n_img, 2 * h, 2 * w))
+    out = np.zeros((n_img, 2 * h, 2 * w, c_out))
     for n in range(n_img):
         for i in range(h):
             for j in range(w):
                 for p in range(2):
                     for q in range(2):
-                        out[:, n, 2 * i + p, 2 * j + q] = weight[:, :, p, q].T @ x[:, n, i, j] + bias
+                        out[n, 2 * i + p, 2 * j + q] = weight[:, :, p, q].T @ x[n, i, j] + bias
     return out
 
 

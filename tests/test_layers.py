@@ -14,8 +14,8 @@ from hypothesis import given, strategies as st
 
 from minimaskrcnn import layers
 import oracle
-from naive_layers import (batchnorm_naive, conv2d_naive, conv_transpose2x2_naive, gamma_bound, im2col_naive,
-                                linear_naive, max_pool2d_naive)
+from naive_layers import (batchnorm_naive, conv2d_naive, conv_transpose2x2_naive, gamma_bound,
+                          im2col_channels_last_naive, im2col_naive, linear_naive, max_pool2d_naive)
 
 
 @contextlib.contextmanager
@@ -41,57 +41,97 @@ def conv_cases(draw):
     p = draw(st.integers(0, k))
     h = draw(st.integers(max(1, k - 2 * p), 13))
     w = draw(st.integers(max(1, k - 2 * p), 13))
-    return dict(c_in=draw(st.integers(1, 6)), c_out=draw(st.integers(1, 5)), n=draw(st.integers(1, 3)), h=h, w=w,
+    return dict(c_in=draw(st.integers(1, 6)), c_out=draw(st.integers(1, 5)), n=draw(st.integers(0, 3)), h=h, w=w,
                 k=k, s=s, p=p, seed=draw(st.integers(0, 2**31)), scale=10.0 ** draw(st.integers(-3, 3)),
                 block_bytes=draw(st.sampled_from([1, 200, 4096, layers.IM2COL_BLOCK_BYTES])))
 
 
 @given(conv_cases())
-def test_im2col_kernel_is_an_exact_copy(case):
+def test_im2col_kernels_are_exact_copies(case):
     rng = np.random.default_rng(case["seed"])
-    x = random_array(rng, (case["c_in"], case["n"], case["h"], case["w"]))
     k, s, p = case["k"], case["s"], case["p"]
-    expected = im2col_naive(x, k, s, p)                                      # (C*k*k, N*H'*W')
     h_out, w_out = (case["h"] + 2 * p - k) // s + 1, (case["w"] + 2 * p - k) // s + 1
+    # image layout, in arbitrary blocks of output rows
+    x = random_array(rng, (case["c_in"], case["h"], case["w"]))
+    expected = im2col_naive(x, k, s, p)                                      # (C*k*k, H'*W')
     got = np.full_like(expected, np.nan)
-    rows = case["n"] * h_out
-    split = sorted({0, rows, *rng.integers(0, rows, 2).tolist()})           # arbitrary blocks of output rows
+    split = sorted({0, h_out, *rng.integers(0, h_out, 2).tolist()})
     for r0, r1 in zip(split[:-1], split[1:]):
-        layers._im2col_kernel(x, k, s, p, h_out, w_out, r0, r1, got[:, r0 * w_out:r1 * w_out])
+        layers._im2col_kernel(x, k, s, p, w_out, r0, r1, got[:, r0 * w_out:r1 * w_out])
+    np.testing.assert_array_equal(got, expected)
+    # channels-last batch, in arbitrary blocks of output positions
+    x = random_array(rng, (case["n"], case["h"], case["w"], case["c_in"]))
+    expected = im2col_channels_last_naive(x, k, s, p)                        # (N*H'*W', k*k*C)
+    got = np.full_like(expected, np.nan)
+    m = len(expected)
+    split = sorted({0, m, *rng.integers(0, m + 1, 2).tolist()})
+    for m0, m1 in zip(split[:-1], split[1:]):
+        layers._im2col_channels_last_kernel(x, k, s, p, h_out, w_out, m0, m1, got[m0:m1])
     np.testing.assert_array_equal(got, expected)
 
 
+def conv_reference(x, weight, bias, s, p):
+    """(exact float64 result, magnitude sum |W||x| + |b|) of one image x (C, H, W)."""
+    return (conv2d_naive(x, weight, bias, s, p),
+            conv2d_naive(np.abs(x), np.abs(weight), np.abs(bias), s, p))
+
+
 @given(conv_cases(), st.booleans(), st.booleans())
-def test_conv2d_batch_within_float32_bound_of_naive_and_torch(case, relu, with_residual):
+def test_conv2d_within_float32_bound_of_naive_and_torch(case, relu, with_residual):
     torch = oracle.torch()
     rng = np.random.default_rng(case["seed"])
-    x = random_array(rng, (case["c_in"], case["n"], case["h"], case["w"]), case["scale"])
+    x = random_array(rng, (case["c_in"], case["h"], case["w"]), case["scale"])
     weight = random_array(rng, (case["c_out"], case["c_in"], case["k"], case["k"]))
     bias = random_array(rng, case["c_out"], case["scale"])
-    conv = layers.make_conv(weight, bias, stride=case["s"], padding=case["p"])
-    x_nchw = x.transpose(1, 0, 2, 3)
-    exact = np.stack([conv2d_naive(xi, weight, bias, case["s"], case["p"]) for xi in x_nchw], 1)   # (C', N, H', W')
-    magnitude = np.stack([conv2d_naive(np.abs(xi), np.abs(weight), np.abs(bias), case["s"], case["p"])
-                          for xi in x_nchw], 1)
+    exact, magnitude = conv_reference(x, weight, bias, case["s"], case["p"])    # (C', H', W')
     residual = random_array(rng, exact.shape, case["scale"]) if with_residual else None
     if with_residual:
         exact, magnitude = exact + residual, magnitude + np.abs(residual)
     if relu:
         exact = np.maximum(exact, 0)
     with im2col_block_bytes(case["block_bytes"]):
-        got = layers.conv2d_batch(x, conv, relu=relu, residual=residual)
+        conv = layers.make_conv(weight, bias, stride=case["s"], padding=case["p"])
+        got = layers.conv2d(x, conv, relu=relu, residual=residual)
     assert got.shape == exact.shape and got.dtype == np.float32
     bound = gamma_bound(case["c_in"] * case["k"] ** 2 + 2) * magnitude
     assert np.all(np.abs(got - exact) <= bound)
 
-    ref = torch.nn.functional.conv2d(torch.from_numpy(x_nchw.copy()), torch.from_numpy(weight),
-                                     torch.from_numpy(bias), stride=case["s"], padding=case["p"]).numpy()
-    ref = ref.transpose(1, 0, 2, 3)                                          # (N, C', H', W') -> (C', N, H', W')
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x)[None], torch.from_numpy(weight), torch.from_numpy(bias),
+                                     stride=case["s"], padding=case["p"])[0].numpy()
     if with_residual:
         ref = ref + residual
     if relu:
         ref = np.maximum(ref, 0)
     assert np.all(np.abs(got - ref) <= 2 * bound)
+
+
+@given(conv_cases(), st.booleans())
+def test_conv2d_rois_within_float32_bound_of_naive_and_torch(case, relu):
+    torch = oracle.torch()
+    rng = np.random.default_rng(case["seed"])
+    x = random_array(rng, (case["n"], case["h"], case["w"], case["c_in"]), case["scale"])   # channels-last
+    weight = random_array(rng, (case["c_out"], case["c_in"], case["k"], case["k"]))
+    bias = random_array(rng, case["c_out"], case["scale"])
+    x_nchw = x.transpose(0, 3, 1, 2)
+    h_out, w_out = (case["h"] + 2 * case["p"] - case["k"]) // case["s"] + 1, (case["w"] + 2 * case["p"] - case["k"]) \
+        // case["s"] + 1
+    refs = [conv_reference(xi, weight, bias, case["s"], case["p"]) for xi in x_nchw]
+    exact, magnitude = (np.array([r[i] for r in refs]).reshape(-1, case["c_out"], h_out, w_out).transpose(0, 2, 3, 1)
+                        for i in (0, 1))                                     # (N, H', W', C')
+    if relu:
+        exact = np.maximum(exact, 0)
+    with im2col_block_bytes(case["block_bytes"]):
+        conv = layers.make_conv(weight, bias, stride=case["s"], padding=case["p"], channels_last=True)
+        got = layers.conv2d_rois(x, conv, relu=relu)
+    assert got.shape == exact.shape and got.dtype == np.float32
+    bound = gamma_bound(case["c_in"] * case["k"] ** 2 + 1) * magnitude
+    assert np.all(np.abs(got - exact) <= bound)
+    if case["n"] == 0:
+        return
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x_nchw.copy()), torch.from_numpy(weight),
+                                     torch.from_numpy(bias), stride=case["s"], padding=case["p"]).numpy()
+    ref = ref.transpose(0, 2, 3, 1)                                          # (N, C', H', W') -> (N, H', W', C')
+    assert np.all(np.abs(got - (np.maximum(ref, 0) if relu else ref)) <= 2 * bound)
 
 
 @pytest.mark.parametrize("c_in, c_out, h, w, k, s, p", [
@@ -133,7 +173,7 @@ def test_fold_batchnorm_matches_conv_then_batchnorm(eps, with_conv_bias):
           "bn.running_var": bn[3]}
     if with_conv_bias:
         sd["conv.bias"] = conv_bias
-    got = layers.conv2d(x, layers.load_conv(sd, "conv", padding=1, bn="bn", eps=eps))
+    got = layers.conv2d(x, layers.load_conv(sd, "conv", 3, padding=1, bn="bn", eps=eps))
     exact = batchnorm_naive(conv2d_naive(x, weight, conv_bias, 1, 1), *bn, eps)
     scale = np.abs(bn[0] / np.sqrt(bn[3].astype(np.float64) + eps))[:, None, None]
     magnitude = conv2d_naive(np.abs(x), np.abs(weight), None if conv_bias is None else np.abs(conv_bias), 1, 1)
@@ -170,12 +210,12 @@ def test_max_pool2d_is_exact(c, h, w, ksp, seed, with_nan):
     np.testing.assert_array_equal(got, ref)
 
 
-@given(st.integers(1, 6), st.integers(1, 5), st.integers(1, 3), st.integers(1, 7), st.integers(1, 7),
+@given(st.integers(1, 6), st.integers(1, 5), st.integers(0, 3), st.integers(1, 7), st.integers(1, 7),
        st.integers(0, 2**31), st.booleans())
 def test_conv_transpose2x2_within_bound_of_naive_and_torch(c_in, c_out, n, h, w, seed, relu):
     torch = oracle.torch()
     rng = np.random.default_rng(seed)
-    x = random_array(rng, (c_in, n, h, w))
+    x = random_array(rng, (n, h, w, c_in))                                   # channels-last
     weight, bias = random_array(rng, (c_in, c_out, 2, 2)), random_array(rng, c_out)
     deconv = layers.load_conv_transpose2x2({"d.weight": weight, "d.bias": bias}, "d")
     got = layers.conv_transpose2x2(x, deconv, relu=relu)
@@ -184,11 +224,13 @@ def test_conv_transpose2x2_within_bound_of_naive_and_torch(c_in, c_out, n, h, w,
     if relu:
         exact = np.maximum(exact, 0)
     bound = gamma_bound(c_in + 1) * magnitude
-    assert got.shape == (c_out, n, 2 * h, 2 * w)
+    assert got.shape == (n, 2 * h, 2 * w, c_out) and got.dtype == np.float32
     assert np.all(np.abs(got - exact) <= bound)
-    ref = torch.nn.functional.conv_transpose2d(torch.from_numpy(x.transpose(1, 0, 2, 3).copy()),
+    if n == 0:
+        return
+    ref = torch.nn.functional.conv_transpose2d(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
                                                torch.from_numpy(weight), torch.from_numpy(bias), stride=2).numpy()
-    ref = ref.transpose(1, 0, 2, 3)                                          # (N, C', 2H, 2W) -> (C', N, 2H, 2W)
+    ref = ref.transpose(0, 2, 3, 1)                                          # (N, C', 2H, 2W) -> (N, 2H, 2W, C')
     if relu:
         ref = np.maximum(ref, 0)
     assert np.all(np.abs(got - ref) <= 2 * bound)
@@ -226,9 +268,19 @@ def test_forward_functions_name_the_bad_argument():
     conv = layers.make_conv(np.zeros((2, 3, 3, 3), np.float32), padding=1)
     with pytest.raises(ValueError, match="x: expected"):
         layers.conv2d(np.zeros((4, 5, 5), np.float32), conv)
+    with pytest.raises(ValueError, match="channels-last"):
+        layers.conv2d_rois(np.zeros((1, 5, 5, 3), np.float32), conv)
     with pytest.raises(ValueError, match="too small"):
         layers.conv2d(np.zeros((3, 1, 0), np.float32), conv)
     with pytest.raises(ValueError, match="weight"):
         layers.make_conv(np.zeros((2, 3, 3, 1), np.float32))
     with pytest.raises(ValueError, match="x: expected"):
         layers.max_pool2d(np.zeros((5, 5), np.float32))
+
+
+def test_load_conv_checks_kernel_and_bias():
+    sd = {"c.weight": np.zeros((2, 3, 3, 3), np.float32)}
+    with pytest.raises(ValueError, match=r"c\.weight"):
+        layers.load_conv(sd, "c", 1)
+    with pytest.raises(KeyError, match=r"c\.bias"):      # no norm, no bias: weights of another architecture
+        layers.load_conv(sd, "c", 3)
