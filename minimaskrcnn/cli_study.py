@@ -163,9 +163,9 @@ def cmd_explain(args) -> int:
     outdir = _prepare_outdir(args.output)
     import minimaskrcnn
     model = minimaskrcnn.load(args.weights)
-    sections = explain.explain(model, image, outdir, anchor_location=args.anchor_location,
-                               proposals=args.proposals, score_threshold=args.score_threshold,
-                               max_detections=args.detections, note=f"weights: {args.weights}")
+    result = explain.explain(model, image, outdir, anchor_location=args.anchor_location,
+                             proposals=args.proposals, score_threshold=args.score_threshold,
+                             max_detections=args.detections, note=f"weights: {args.weights}")
     if not args.quiet:
-        print(f"{len(sections)} pictures and index.html written to {outdir}")
+        print(f"{len(result.sections)} pictures and {result.index} written; {len(result.detections)} detections")
     return 0

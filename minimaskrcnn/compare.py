@@ -82,7 +82,7 @@ def load_trace(path) -> tuple[Trace, dict]:
     """(Trace of the stages in file order, metadata dict) of a trace `.npz`. One-line ValueError if it is not one."""
     try:
         with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":
+            if f.read(2) != b"PK":                # every zip (an .npz is one) starts so
                 raise ValueError(f"{path}: not a trace file (not an .npz archive)")
         with np.load(path, allow_pickle=False) as f:
             arrays = OrderedDict((name, f[name]) for name in f.files)
@@ -208,7 +208,7 @@ def _rows(row: StageResult, a, b, stats, what: str, tolerances: dict):
             row.fail("aligned rows")
             return None
         a, b = a[ia], b[ib]
-        row.detail = f"{len(ia)} rows along matched {what}"
+        row.detail = f"along {len(ia)} matched {what}"
     elif len(a) == len(b):
         row.detail = f"rows by index (no {what} on both sides to match on)"
     else:
@@ -218,10 +218,9 @@ def _rows(row: StageResult, a, b, stats, what: str, tolerances: dict):
     if row.stage == "roi_levels":
         row.max_abs, row.rel = _errors(a, b)
         moved = float(np.mean(a != b)) if len(a) else 0.0
-        row.detail += f"; {100 * moved:.2f}% pooled from another level"
         tol = _tolerance(tolerances, row.stage)
         if tol is not None:
-            row.check("fraction moved", moved, tol)
+            row.check("fraction on another level", moved, tol)
     elif row.stage == "masks":
         _masks(row, a, b, tolerances)
     else:
@@ -243,15 +242,14 @@ def _masks(row: StageResult, a, b, tolerances: dict) -> None:
     need = _tolerance(tolerances, "masks", "iou")
     need = 0.97 if need is None else need
     above = float(np.mean(iou >= need)) if len(iou) else 1.0
-    row.detail += f"; mask IoU min {iou.min() if len(iou) else 1.0:.4f}, {100 * above:.1f}% >= {need}"
+    row.detail += f"; binarized mask IoU min {iou.min() if len(iou) else 1.0:.4f}"
     tol = _tolerance(tolerances, "masks")
     if tol is not None:
-        row.check(f"fraction IoU>={need}", above, tol, at_most=False)
+        row.check(f"fraction with IoU >= {need}", above, tol, at_most=False)
 
 
 def _set_row(row: StageResult, stats, tolerances: dict) -> None:
-    row.detail = (f"matched {len(stats.pairs)} of {stats.n_reference} in A and {stats.n_candidate} in B "
-                  f"({100 * stats.matched_fraction:.1f}%)")
+    row.detail = f"{len(stats.pairs)} pairs of {stats.n_reference} in A, {stats.n_candidate} in B"
     row.max_abs = stats.max_box_diff
     matched = _tolerance(tolerances, row.stage, "matched")
     if matched is not None:
@@ -293,7 +291,7 @@ def compare_traces(a, b, tolerances=None, match_iou: float = 0.99) -> list:
             else:
                 ia, ib = stats.pairs[:, 0], stats.pairs[:, 1]
                 row.max_abs, row.rel = _errors(x[ia], y[ib]) if len(ia) else (0.0, 0.0)
-                row.detail = f"along {len(ia)} matched {COMPANIONS[name]}"
+                row.detail = f"along {len(ia)} matched {'proposals' if stats is proposals else 'detections'}"
                 if _tolerance(tol, name) is not None:
                     row.check("abs", row.max_abs, _tolerance(tol, name))
         elif name in PROPOSAL_ROWS:
@@ -309,21 +307,29 @@ def passed(results) -> bool:
     return all(r.status != "FAIL" for r in results)
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3g}"
+def _fmt(v, percent: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.4g}%" if percent else f"{v:.3g}"
+
+
+def _check_text(what, value, op, bound, ok) -> str:
+    if not op:
+        return f"{what} !"
+    pct = what.startswith(("matched", "fraction"))
+    return f"{what} {_fmt(value, pct)} {op} {_fmt(bound, pct)}" + ("" if ok else " !")
 
 
 def format_table(results, name_a: str = "A", name_b: str = "B") -> str:
     """The per-stage table, then the stages missing on either side and the verdict."""
-    lines = [f"{'stage':<16} {'shape ' + name_a[:14]:<22} {'shape ' + name_b[:14]:<22} {'max abs':>9} "
-             f"{'rel':>9}  {'status':<7} checks / notes"]
+    lines = [f"{'stage':<16} {'shape ' + name_a[:12]:<20} {'shape ' + name_b[:12]:<20} {'max abs':>9} "
+             f"{'rel':>9}  {'status':<7} checks (! = beyond tolerance); notes"]
     for r in results:
         if r.shape_a is None or r.shape_b is None:
             continue
-        checks = "; ".join(f"{w} {_fmt(v)} {op} {_fmt(bound)}" + ("" if ok else " !") if op else f"{w} !"
-                           for w, v, op, bound, ok in r.checks)
+        checks = "; ".join(_check_text(*c) for c in r.checks)
         notes = "; ".join(filter(None, (checks, r.detail)))
-        lines.append(f"{r.stage:<16} {str(r.shape_a):<22} {str(r.shape_b):<22} {_fmt(r.max_abs):>9} "
+        lines.append(f"{r.stage:<16} {str(r.shape_a):<20} {str(r.shape_b):<20} {_fmt(r.max_abs):>9} "
                      f"{_fmt(r.rel):>9}  {r.status:<7} {notes}")
     for side, label in (("A", name_a), ("B", name_b)):
         missing = [r.stage for r in results if r.status == f"missing in {side}"]

@@ -123,15 +123,25 @@ def parse_location(text: str, view: View) -> tuple[float, float]:
 
 # --- the whole walk-through ----------------------------------------------------------------------------------------
 
+@dataclass
+class Explanation:
+    """What `explain` wrote: the sections in order (each with its picture's `path`), the page, and the run."""
+
+    sections: list
+    index: str
+    trace: dict
+    detections: object
+
+
 def explain(model, image, outdir, *, anchor_location=None, proposals: int = 50, score_threshold: float = 0.5,
-            max_detections: int = 12, max_side: int = 1024, note: str = "", compact: bool = False) -> list:
+            max_detections: int = 12, max_side: int = 1024, note: str = "", compact: bool = False) -> Explanation:
     """Run `image` through `model` with a trace, write one PNG per stage and `index.html` into `outdir`.
 
     anchor_location: "Y,X" in original-image pixels or "P4:ROW,COL" (default: the centre of the image);
     proposals: how many proposals to draw; score_threshold: of the detections (as `predict`); max_detections: how
     many detections the refinement and mask pictures show; max_side: the width of a full-width picture, px;
     note: a sentence shown at the top of the page (e.g. where the weights come from); compact: write small palette
-    PNGs (for committed documentation). Returns the `explain_page.Section`s in order, each with its picture's path.
+    PNGs (for committed documentation).
     """
     from . import explain_page, figures
     det, trace = model.predict(image, score_threshold=score_threshold, trace=True)
@@ -155,5 +165,6 @@ def explain(model, image, outdir, *, anchor_location=None, proposals: int = 50, 
             picture = picture.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
         with outputs.atomic_path(sec.path) as tmp:
             picture.save(tmp, format="PNG", optimize=True)
-    explain_page.write_index(os.path.join(outdir, "index.html"), sections, trace, model.config, det, note)
-    return sections
+    index = os.path.join(outdir, "index.html")
+    explain_page.write_index(index, sections, trace, model.config, det, note)
+    return Explanation(sections, index, trace, det)

@@ -37,9 +37,11 @@ def torchvision_model(config, state_dict):
     """The torchvision Mask R-CNN / Faster R-CNN described by a minimaskrcnn `Config`, loaded with `state_dict`
     (torchvision key -> array, as `weights_convert.read_npz` returns), in eval mode.
 
-    Built from torchvision's parts exactly as its builders do (models/detection/{mask,faster}_rcnn.py): a ResNet
-    body with plain BatchNorm2d (eps = config.bn_eps, which is 0.0 for the COCO v1 checkpoints; facts §2.1), the FPN
-    (with BatchNorm for v2), the anchor generator, heads and poolers of the config, and its inference constants.
+    Built from torchvision's parts as its builders do when loading trained weights (models/detection/
+    {mask,faster}_rcnn.py, facts §2.1): the ResNet body with FrozenBatchNorm2d for v1 layouts (eps = config.bn_eps,
+    0.0 for the COCO v1 checkpoints) and BatchNorm2d for v2 (BatchNorm FPN and heads); the anchor generator, heads,
+    poolers and inference constants of the config. (A model built with weights=None has BatchNorm2d in a v1 body too:
+    the same function, evaluated with other roundings, ~1 ulp.)
     """
     torch, tv = import_torchvision()
     from torch import nn
@@ -49,11 +51,12 @@ def torchvision_model(config, state_dict):
     from torchvision.ops import MultiScaleRoIAlign
 
     cfg = config
-    resnet = getattr(tv.models, f"resnet{cfg.resnet_depth}")(weights=None, norm_layer=nn.BatchNorm2d)
+    norm = nn.BatchNorm2d if cfg.fpn_norm else tv.ops.misc.FrozenBatchNorm2d
+    resnet = getattr(tv.models, f"resnet{cfg.resnet_depth}")(weights=None, norm_layer=norm)
     body = _resnet_fpn_extractor(resnet, 5, list(cfg.returned_layers), norm_layer=nn.BatchNorm2d if cfg.fpn_norm
                                  else None)
     for m in body.body.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, (nn.BatchNorm2d, tv.ops.misc.FrozenBatchNorm2d)):
             m.eps = cfg.bn_eps
     c = body.out_channels
     anchors = AnchorGenerator(tuple(tuple(s) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),)
