@@ -95,7 +95,8 @@ def load_box_head(sd: Mapping[str, np.ndarray], cfg: Config) -> BoxHeadWeights:
     if fcs[-1].weight.shape[0] != cfg.representation_size:
         raise ValueError(f"{p}: expected representation size {cfg.representation_size}, "
                          f"got {fcs[-1].weight.shape[0]}")
-    cls, box = load_linear(sd, "roi_heads.box_predictor.cls_score"), load_linear(sd, "roi_heads.box_predictor.bbox_pred")
+    cls = load_linear(sd, "roi_heads.box_predictor.cls_score")
+    box = load_linear(sd, "roi_heads.box_predictor.bbox_pred")
     if cls.weight.shape[0] != cfg.num_classes or box.weight.shape[0] != 4 * cfg.num_classes:
         raise ValueError(f"roi_heads.box_predictor: expected {cfg.num_classes} classes, got cls_score "
                          f"{cls.weight.shape[0]} and bbox_pred {box.weight.shape[0]} rows")
@@ -159,7 +160,8 @@ def mask_head_forward(w: MaskHeadWeights, roi_features: np.ndarray, labels: np.n
                          f"{labels.shape}")
     n_classes = w.logits.weight.shape[0]
     if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels: expected integers in [0, {n_classes}), got {labels.dtype} {labels.min()}..{labels.max()}")
+        raise ValueError(f"labels: expected integers in [0, {n_classes}), got {labels.dtype} "
+                         f"{labels.min()}..{labels.max()}")
     x = np.asarray(roi_features, np.float32).transpose(0, 2, 3, 1)         # (N, F, 14, 14) -> (N, 14, 14, F)
     for conv in w.convs:
         x = conv2d_rois(x, conv, relu=True)                                 # (N, 14, 14, F)

@@ -1,4 +1,4 @@
-"""minimaskrcnn.layers against the float64 loop references (tests/naive_layers.py) and torch.nn.functional.
+"""minimaskrcnn.layers and .convolution against the float64 loop references (tests/naive_layers.py) and torch.
 
 Tolerances. A float32 sum of n products, in any order, with or without FMA, is within gamma_n * sum|terms| of the
 exact value (Higham Eq. 3.5; `naive_layers.gamma_bound`). The float64 references are exact to ~1e-16 relative, so
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from minimaskrcnn import layers
+from minimaskrcnn import convolution, layers
 import oracle
 from naive_layers import (batchnorm_naive, conv2d_naive, conv_transpose2x2_naive, gamma_bound,
                           im2col_channels_last_naive, im2col_naive, linear_naive, max_pool2d_naive)
@@ -21,12 +21,12 @@ from naive_layers import (batchnorm_naive, conv2d_naive, conv_transpose2x2_naive
 @contextlib.contextmanager
 def im2col_block_bytes(n_bytes):
     """Temporarily shrink the im2col buffer so one convolution runs in many blocks."""
-    saved = layers.IM2COL_BLOCK_BYTES
-    layers.IM2COL_BLOCK_BYTES = n_bytes
+    saved = convolution.IM2COL_BLOCK_BYTES
+    convolution.IM2COL_BLOCK_BYTES = n_bytes
     try:
         yield
     finally:
-        layers.IM2COL_BLOCK_BYTES = saved
+        convolution.IM2COL_BLOCK_BYTES = saved
 
 
 def random_array(rng, shape, scale=1.0):
@@ -43,7 +43,7 @@ def conv_cases(draw):
     w = draw(st.integers(max(1, k - 2 * p), 13))
     return dict(c_in=draw(st.integers(1, 6)), c_out=draw(st.integers(1, 5)), n=draw(st.integers(0, 3)), h=h, w=w,
                 k=k, s=s, p=p, seed=draw(st.integers(0, 2**31)), scale=10.0 ** draw(st.integers(-3, 3)),
-                block_bytes=draw(st.sampled_from([1, 200, 4096, layers.IM2COL_BLOCK_BYTES])))
+                block_bytes=draw(st.sampled_from([1, 200, 4096, convolution.IM2COL_BLOCK_BYTES])))
 
 
 @given(conv_cases())
@@ -57,7 +57,7 @@ def test_im2col_kernels_are_exact_copies(case):
     got = np.full_like(expected, np.nan)
     split = sorted({0, h_out, *rng.integers(0, h_out, 2).tolist()})
     for r0, r1 in zip(split[:-1], split[1:]):
-        layers._im2col_kernel(x, k, s, p, w_out, r0, r1, got[:, r0 * w_out:r1 * w_out])
+        convolution._im2col_kernel(x, k, s, p, w_out, r0, r1, got[:, r0 * w_out:r1 * w_out])
     np.testing.assert_array_equal(got, expected)
     # channels-last batch, in arbitrary blocks of output positions
     x = random_array(rng, (case["n"], case["h"], case["w"], case["c_in"]))
@@ -66,7 +66,7 @@ def test_im2col_kernels_are_exact_copies(case):
     m = len(expected)
     split = sorted({0, m, *rng.integers(0, m + 1, 2).tolist()})
     for m0, m1 in zip(split[:-1], split[1:]):
-        layers._im2col_channels_last_kernel(x, k, s, p, h_out, w_out, m0, m1, got[m0:m1])
+        convolution._im2col_channels_last_kernel(x, k, s, p, h_out, w_out, m0, m1, got[m0:m1])
     np.testing.assert_array_equal(got, expected)
 
 
