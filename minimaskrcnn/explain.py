@@ -162,7 +162,7 @@ def explain(model, image, outdir, *, anchor_location=None, proposals: int = 50, 
         sec.path = os.path.join(outdir, f"{i:02d}_{sec.key}.png")
         picture = Image.fromarray(F.margin(makers[sec.key]()))
         if compact:
-            picture = picture.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+            picture = picture.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
         with outputs.atomic_path(sec.path) as tmp:
             picture.save(tmp, format="PNG", optimize=True)
     index = os.path.join(outdir, "index.html")

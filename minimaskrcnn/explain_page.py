@@ -42,6 +42,8 @@ def sections(trace, cfg) -> list:
     a = len(cfg.aspect_ratios) * len(cfg.anchor_sizes[0])
     sizes = ", ".join(str(s[0]) for s in cfg.anchor_sizes)
     n_boxes, n_props = len(trace["boxes"]), len(trace["proposals"])
+    head = (f"{cfg.box_head_convs} 3x3 convolutions and one fully connected layer" if cfg.box_head_convs else
+            "two fully connected layers, Lin et al. 2017 §4.2")
     out = [
         Section("input", "Network input", ["image", "normalized", "image_size"], ["transform"],
                 f"Each channel is normalized with the ImageNet statistics, (x - mean) / std; the image is then resized "
@@ -89,8 +91,7 @@ def sections(trace, cfg) -> list:
                 f"The chart shows every proposal's sqrt(wh) and its level, with the level boundaries."),
         Section("refinement", "Classification and box refinement", ["class_logits", "box_deltas", "boxes", "scores",
                                                                     "labels"], ["box_branch"],
-                f"The box head (two fully connected layers for v1, Lin et al. 2017 §4.2; Fast R-CNN, Girshick 2015) "
-                f"gives every proposal a softmax over the {cfg.num_classes} classes and a delta per class, decoded as "
+                f"The box head ({head}; Fast R-CNN, Girshick 2015) gives every proposal a softmax over the {cfg.num_classes} classes and a delta per class, decoded as "
                 f"in the RPN with weights {', '.join(f'{x:g}' for x in cfg.bbox_reg_weights)}. Every (proposal, "
                 f"class) pair scoring above the threshold becomes a candidate; NMS at IoU {cfg.box_nms_thresh} per "
                 f"class and a cap of {cfg.box_detections_per_img} give the detections ({n_boxes} here). The picture "
@@ -151,7 +152,9 @@ def write_index(path, secs, trace, cfg, det, note: str = "") -> None:
              f"{cfg.resnet_depth}-FPN, {len(det)} detections above the score threshold, "
              f"{sum(timings.values()):.1f} s in all. Shapes are those of the trace "
              f"(<code>model.predict(image, trace=True)</code>); feature maps are (channels, height, width), boxes "
-             f"x1, y1, x2, y2 in resized-image pixels unless named final_boxes.</p>"]
+             f"x1, y1, x2, y2 in resized-image pixels unless named final_boxes. \"facts §N\" are the sections of "
+             f"the torchvision inference facts this implementation follows "
+             f"(../shared/reference/torchvision-inference-facts.md).</p>"]
     if note:
         parts.append(f"<p class='note'>{e(note)}</p>")
     parts.append("<ol>" + "".join(f"<li><a href='#{s.key}'>{e(s.title)}</a></li>" for s in secs) + "</ol>")
