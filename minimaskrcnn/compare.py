@@ -175,16 +175,22 @@ def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def _match(a, b, boxes: str, scores: str, labels, min_iou: float):
-    """Parity-protocol matching of the detection-like stage `boxes` of traces a and b (None if absent)."""
-    if boxes not in a or boxes not in b:
+    """Parity-protocol matching of the detection-like stage `boxes` of traces a and b (None if absent or not
+    finite (N, 4) boxes on both sides)."""
+    if boxes not in a or boxes not in b or not all(_are_boxes(t[boxes]) for t in (a, b)):
         return None
 
     def side(t):
         n = len(t[boxes])
         s = t[scores] if scores in t and len(t[scores]) == n else np.zeros(n)
         lab = t[labels] if labels and labels in t and len(t[labels]) == n else np.zeros(n, np.int64)
-        return t[boxes].reshape(-1, 4), lab, s
+        return t[boxes], lab, s
     return match_detections(*side(a), *side(b), min_iou=min_iou)
+
+
+def _are_boxes(x) -> bool:
+    x = np.asarray(x)
+    return x.ndim == 2 and x.shape[1] == 4 and bool(np.all(np.isfinite(x)))
 
 
 def _dense(row: StageResult, a: np.ndarray, b: np.ndarray, tol) -> None:
@@ -235,9 +241,9 @@ def _masks(row: StageResult, a, b, tolerances: dict) -> None:
         row.fail("same shape")
         return
     row.max_abs, row.rel = _errors(a, b)
-    ma, mb = a >= 0.5, b >= 0.5
-    inter = (ma & mb).reshape(len(a), -1).sum(1)
-    union = (ma | mb).reshape(len(a), -1).sum(1)
+    ma = (a >= 0.5).reshape(len(a), int(np.prod(a.shape[1:])))                   # (Q, H, W) -> (Q, H*W)
+    mb = (b >= 0.5).reshape(len(b), int(np.prod(b.shape[1:])))
+    inter, union = (ma & mb).sum(1), (ma | mb).sum(1)
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)                 # (Q,)
     need = _tolerance(tolerances, "masks", "iou")
     need = 0.97 if need is None else need
@@ -281,19 +287,17 @@ def compare_traces(a, b, tolerances=None, match_iou: float = 0.99) -> list:
         if name in NOT_COMPARED:
             row.detail = "not compared: a set before NMS, its size depends on thresholds"
         elif name in ("proposals", "boxes"):
-            _set_row(row, proposals if name == "proposals" else dets, tol)
-        elif name in COMPANIONS:
-            stats = proposals if COMPANIONS[name] == "proposals" else dets
+            stats = proposals if name == "proposals" else dets
             if stats is None:
-                _dense(row, x, y, _tolerance(tol, name))
-            elif name == "labels":
-                row.detail = "matching requires equal labels"
+                row.detail = "not finite (N, 4) boxes on both sides"
+                row.fail("boxes")
             else:
-                ia, ib = stats.pairs[:, 0], stats.pairs[:, 1]
-                row.max_abs, row.rel = _errors(x[ia], y[ib]) if len(ia) else (0.0, 0.0)
-                row.detail = f"along {len(ia)} matched {'proposals' if stats is proposals else 'detections'}"
-                if _tolerance(tol, name) is not None:
-                    row.check("abs", row.max_abs, _tolerance(tol, name))
+                _set_row(row, stats, tol)
+        elif name == "labels" and dets is not None:
+            row.detail = "matched pairs have equal labels by construction"
+        elif name in COMPANIONS:
+            is_proposal = COMPANIONS[name] == "proposals"
+            _rows(row, x, y, proposals if is_proposal else dets, "proposals" if is_proposal else "detections", tol)
         elif name in PROPOSAL_ROWS:
             _rows(row, x, y, proposals, "proposals", tol)
         elif name in DETECTION_ROWS:

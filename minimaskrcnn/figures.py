@@ -1,7 +1,11 @@
 """The stage pictures of `explain`: one function per stage, (H, W, 3) uint8 from a `View` of the trace.
 
-Coordinates: boxes in the trace are resized-image pixels (final_boxes: original pixels); a picture shows them at a
-display scale `s` (display px per resized px), so a box is drawn at `box * s`.
+Coordinates: boxes in the trace are x1, y1, x2, y2 in resized-image pixels (final_boxes: original pixels); a picture
+shows them at a display scale `s` (display px per resized px), so a box is drawn at `box * s`.
+
+Shape glossary
+    fh, fw: a pyramid level's grid      A: anchors per location      P: proposals      D: detections
+    k: detections shown (the best k by score)      side: a tile's size in display pixels
 """
 from __future__ import annotations
 

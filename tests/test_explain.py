@@ -84,6 +84,21 @@ def test_derived_from_the_trace_exactly(explained, model):
     assert len(set(source.tolist())) > 1
 
 
+def test_no_detections_still_draws(explained, model):
+    """A run that keeps no detection (an empty set at every per-detection stage) still gets every picture."""
+    from minimaskrcnn import figures
+    from minimaskrcnn.detections import Detections
+    trace = dict(explained[0].trace)
+    for name in ("boxes", "scores", "labels", "mask_features", "mask_logits", "mask_probs", "final_boxes", "masks"):
+        trace[name] = trace[name][:0]
+    view = explain.View(trace, model.config, 500)
+    empty = Detections(trace["final_boxes"], trace["labels"], trace["scores"], trace["masks"],
+                       model.config.class_names, view.original.shape[:2])
+    pictures = [figures.picture_refinement(view, 6), figures.picture_mask_probs(view, 6),
+                figures.picture_pasted(view, 6), figures.picture_result(view, empty), figures.picture_proposals(view, 5)]
+    assert all(p.ndim == 3 and p.shape[2] == 3 and p.dtype == np.uint8 for p in pictures)
+
+
 def test_anchor_locations(explained, model):
     view = explain.View(explained[0].trace, model.config, 800)
     assert explain.parse_location("P4:20,30", view) == (20 * 16, 30 * 16)
