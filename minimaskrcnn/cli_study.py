@@ -66,6 +66,7 @@ def add_study_commands(sub, formatter_class) -> None:
     tr.add_argument("input", metavar="IMAGE", help="image file")
     tr.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="trace file to write")
     tr.add_argument("--torchvision", action="store_true", help="capture torchvision's intermediates instead")
+    tr.add_argument("--compress", action="store_true", help="zlib-compress the .npz (about half the size, slower)")
     tr.add_argument("--score-threshold", type=_fraction, metavar="S",
                     help="detection score threshold (default the model's, 0.05 as torchvision)")
     tr.set_defaults(func=cmd_trace)
@@ -129,7 +130,7 @@ def cmd_trace(args) -> int:
         model = minimaskrcnn.load(args.weights)
         _, trace = model.predict(image, score_threshold=args.score_threshold, trace=True)
         meta.update(producer=f"minimaskrcnn {minimaskrcnn.__version__}", config=model.config.to_json())
-    compare.save_trace(trace, args.output, **meta)
+    compare.save_trace(trace, args.output, args.compress, **meta)
     if not args.quiet:
         print(trace.summary())
         print(f"{len(trace)} stages written to {args.output}")

@@ -63,8 +63,9 @@ COMPANIONS = {"proposal_scores": "proposals", "scores": "boxes", "labels": "boxe
 
 # --- trace files --------------------------------------------------------------------------------------------------
 
-def save_trace(trace, path, **meta) -> None:
-    """Write `trace` (name -> array, in order) to `path` as `.npz`, with `meta` (JSON-able) under `_meta`."""
+def save_trace(trace, path, compress: bool = False, **meta) -> None:
+    """Write `trace` (name -> array, in order) to `path` as `.npz`, with `meta` (JSON-able) under `_meta`.
+    compress: zlib (about half the size for a photo, mostly from the masks; several times slower)."""
     info = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
     timings = getattr(trace, "timings", None)
     if timings:
@@ -75,7 +76,7 @@ def save_trace(trace, path, **meta) -> None:
         raise ValueError(f"trace: stage {bad[0]!r} cannot be stored (object array or reserved name)")
     from .outputs import atomic_path
     with atomic_path(path) as tmp, open(tmp, "wb") as f:       # a file object: numpy appends no ".npz"
-        np.savez(f, **arrays, **{META_KEY: np.array(json.dumps(info))})
+        (np.savez_compressed if compress else np.savez)(f, **arrays, **{META_KEY: np.array(json.dumps(info))})
 
 
 def load_trace(path) -> tuple[Trace, dict]:

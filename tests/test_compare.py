@@ -36,7 +36,10 @@ def weights(tmp_path_factory):
     model = tv_models.calibrated_model(ARCH, tv_models.load_photo(PHOTO))
     folder = tmp_path_factory.mktemp("compare")
     torch.save(model.state_dict(), folder / "calibrated.pth")
-    return convert(folder / "calibrated.pth", folder / "calibrated.npz")
+    npz = convert(folder / "calibrated.pth", folder / "calibrated.npz")
+    (folder / "calibrated.pth").unlink()
+    yield npz
+    npz.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,9 @@ def traces(weights):
     assert "proposals" in out and f"written to {ours}" in out
     status, out, err = run("trace", PHOTO, "-o", tv, "--weights", weights, "--threads", "2", "--torchvision")
     assert status == 0, err
-    return ours, tv
+    yield ours, tv
+    for path in (ours, tv):                          # ~0.45 GB each for this photo
+        path.unlink()
 
 
 def table_rows(stdout: str) -> dict:
@@ -105,6 +110,7 @@ def test_perturbed_stage_fails_and_tolerance_overrides(traces, tmp_path):
     assert status == 0, out
     status, out, _ = run("compare", tv, bad, "--tolerance", "P=3e-3", "P3=1e-3")   # the specific key wins
     assert status == 1, out
+    bad.unlink()
 
 
 def test_shifted_proposals_fail_reordered_sets_match(traces):
@@ -132,6 +138,7 @@ def test_missing_stages_are_listed_not_errors(traces, tmp_path):
     assert status == 0, out
     assert "missing in B: box_features, masks" in out
     assert "box_features" not in table_rows(out)
+    partial.unlink()
 
 
 def test_bad_files_one_line_errors(traces, tmp_path):
@@ -159,12 +166,13 @@ def test_trace_file_roundtrip(tmp_path):
     t = Trace()
     t.record(image=np.zeros((3, 4, 5), np.float32), image_size=np.array([4, 5]), labels=np.arange(3))
     t.timings["transform"] = 0.5
-    compare.save_trace(t, tmp_path / "t.npz", producer="test")
-    back, meta = compare.load_trace(tmp_path / "t.npz")
-    assert list(back) == ["image", "image_size", "labels"]
-    assert back["labels"].dtype == np.int64 and back["image"].shape == (3, 4, 5)
-    assert meta == {"format": compare.FORMAT, "version": compare.FORMAT_VERSION, "producer": "test",
-                    "timings": {"transform": 0.5}}
+    for compress in (False, True):
+        compare.save_trace(t, tmp_path / "t.npz", compress, producer="test")
+        back, meta = compare.load_trace(tmp_path / "t.npz")
+        assert list(back) == ["image", "image_size", "labels"]
+        assert back["labels"].dtype == np.int64 and back["image"].shape == (3, 4, 5)
+        assert meta == {"format": compare.FORMAT, "version": compare.FORMAT_VERSION, "producer": "test",
+                        "timings": {"transform": 0.5}}
 
 
 @pytest.mark.parametrize("arch", ["maskrcnn_resnet50_fpn_v2", tv_models.SMALL_ARCH])

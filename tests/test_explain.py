@@ -24,7 +24,9 @@ MASK_PICTURES = ["01_input", "02_fpn", "03_anchors", "04_objectness", "05_propos
 def _converted(torch_model, folder):
     from weights_convert import convert
     oracle.torch().save(torch_model.state_dict(), folder / "model.pth")
-    return convert(folder / "model.pth", folder / "model.npz")
+    npz = convert(folder / "model.pth", folder / "model.npz")
+    (folder / "model.pth").unlink()
+    return npz
 
 
 @pytest.fixture(scope="module")
