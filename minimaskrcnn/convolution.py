@@ -18,7 +18,7 @@ input. A `Conv` is packed for one of the two layouts (`Conv.channels_last`).
 `(C*k*k, H'*W')`, rows in (c, ky, kx) order. Channels-last: the unfolded input `(N*H'*W', k*k*C)`, columns in
 (ky, kx, c) order, times the weight `(k*k*C, C')`. The unfolding is done for a block of output positions at a time
 into a reused buffer of at most `IM2COL_BLOCK_BYTES`, so a 3x3 convolution at P2 (200x272, 256 channels: 500 MB
-unfolded) runs in 32 MB pieces; a 1x1 stride-1 convolution needs no unfolding (its input is the column matrix).
+unfolded) runs in 64 MB pieces; a 1x1 stride-1 convolution needs no unfolding (its input is the column matrix).
 The GEMM is NumPy's (BLAS, both cores). Bias, the residual of a ResNet block and the ReLU are applied to each output
 block right after its GEMM, while it is still in cache.
 
@@ -37,10 +37,11 @@ from typing import Mapping
 import numpy as np
 from numba import njit
 
-# Upper bound on one im2col block. Each block costs one BLAS call, i.e. one wake-up of the BLAS threads: on the
-# 2-core machine, shared with other processes, 8-16 MB blocks (30-60 calls for a 3x3 conv at P2) ran up to 2.5x
-# slower than one plain GEMM of the same size, 32-64 MB blocks within 10% of it. The buffer is reused (`_scratch`).
-IM2COL_BLOCK_BYTES = 32 * 2**20
+# Upper bound on one im2col block. Each block costs one BLAS call, i.e. one wake-up of the BLAS threads. On an idle
+# 2-core machine the block size hardly matters (1k to 50k columns run at the same GFLOP/s), but with the cores shared
+# with other processes every call waits for a descheduled BLAS thread: the same GEMM took 0.55 s in 1 call, 0.74 s in
+# 8, 0.97 s in 17. 64 MB is 7 calls for a 3x3 conv at P2. The buffer is reused (`_scratch`).
+IM2COL_BLOCK_BYTES = 64 * 2**20
 _workspace = threading.local()
 
 
