@@ -171,3 +171,25 @@ def test_mask_head_matches_torchvision(case):
     err = np.abs(logits - ref).max()
     print(arch, "mask logits max abs error", err, "of max", np.abs(ref).max())
     assert logits.shape == ref.shape and err <= 3e-3
+
+
+def test_loaders_cast_float64_and_float16_weights_to_float32():
+    """State dicts may hold float64 or float16 arrays: prepared weights are float32, and float64 copies of float32
+    weights give bitwise the same network (the BatchNorm fold is computed in float64 either way)."""
+    sd32 = tv_models.state_dict_numpy(tv_models._build(tv_models.SMALL_ARCH, 0, {}))
+    cfg = tv_models.config_for(tv_models.SMALL_ARCH)
+    x = np.random.default_rng(0).standard_normal((3, 64, 96)).astype(np.float32)
+    rois = np.random.default_rng(1).standard_normal((3, 256, 14, 14)).astype(np.float32)
+
+    def run(sd):
+        p_maps = fpn.fpn_forward(fpn.load_fpn(sd, cfg), backbone.backbone_forward(backbone.load_backbone(sd, cfg), x))
+        objectness, _ = heads.rpn_head_forward(heads.load_rpn_head(sd, cfg), p_maps)
+        logits, _ = heads.box_head_forward(heads.load_box_head(sd, cfg), rois[:, :, :7, :7])
+        masks = heads.mask_head_forward(heads.load_mask_head(sd, cfg), rois, np.array([0, 1, 3]))
+        return p_maps + objectness + [logits, masks]
+
+    reference = run(sd32)
+    for got, ref in zip(run({k: v.astype(np.float64) for k, v in sd32.items()}), reference):
+        np.testing.assert_array_equal(got, ref)
+    for got in run({k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in sd32.items()}):
+        assert got.dtype == np.float32 and np.all(np.isfinite(got))
