@@ -106,10 +106,8 @@ def main(argv=None) -> int:
     result = explain.explain(model, str(args.image), pictures, score_threshold=threshold, proposals=30,
                              max_detections=6, max_side=args.max_side, note=note, compact=True)
     os.unlink(result.index)                                  # the Markdown replaces the HTML page
-    command = "python examples/walkthrough.py" + "".join(
-        f" {flag} {value}" for flag, value in (("--weights", args.weights), ("--image", args.image.name
-                                                                              if args.image.name != "dog.jpg" else None))
-        if value)
+    options = (("--weights", args.weights), ("--image", args.image.name if args.image.name != "dog.jpg" else None))
+    command = "python examples/walkthrough.py" + "".join(f" {flag} {value}" for flag, value in options if value)
     args.output.write_text(markdown(result, args.image, note, command, threshold, args.output), encoding="utf-8")
     size = sum(f.stat().st_size for f in pictures.glob("*.png"))
     print(f"wrote {args.output} and {len(result.sections)} pictures ({size / 1024:.0f} KB) in {pictures}")

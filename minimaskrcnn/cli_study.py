@@ -15,8 +15,8 @@ import re
 
 from .cli import DEFAULT_WEIGHTS, PROG, UsageError, _fraction, _positive, _prepare_outdir
 
-TRACE_EPILOG = f"""The .npz holds one array per stage under its trace name (normalized, P2, proposals, boxes, masks, ...)
-and a JSON "_meta" entry; docs/trace_format.md describes the layout, so that any implementation can write one.
+TRACE_EPILOG = f"""The .npz holds one array per stage under its trace name (normalized, P2, proposals, boxes, masks,
+...) and a JSON "_meta" entry; docs/trace_format.md describes the layout, so that any implementation can write one.
 --torchvision builds torchvision's model from the same weights and records its intermediates through hooks
 (needs torch and torchvision; never needed otherwise).
 

@@ -91,8 +91,8 @@ def sections(trace, cfg) -> list:
                 f"The chart shows every proposal's sqrt(wh) and its level, with the level boundaries."),
         Section("refinement", "Classification and box refinement", ["class_logits", "box_deltas", "boxes", "scores",
                                                                     "labels"], ["box_branch"],
-                f"The box head ({head}; Fast R-CNN, Girshick 2015) gives every proposal a softmax over the {cfg.num_classes} classes and a delta per class, decoded as "
-                f"in the RPN with weights {', '.join(f'{x:g}' for x in cfg.bbox_reg_weights)}. Every (proposal, "
+                f"The box head ({head}; Fast R-CNN, Girshick 2015) gives every proposal a softmax over the "
+                f"{cfg.num_classes} classes and a delta per class, decoded as in the RPN with weights {', '.join(f'{x:g}' for x in cfg.bbox_reg_weights)}. Every (proposal, "
                 f"class) pair scoring above the threshold becomes a candidate; NMS at IoU {cfg.box_nms_thresh} per "
                 f"class and a cap of {cfg.box_detections_per_img} give the detections ({n_boxes} here). The picture "
                 f"links each detection to the proposal it was refined from, found from the trace: the proposal whose "

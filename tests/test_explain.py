@@ -97,7 +97,8 @@ def test_no_detections_still_draws(explained, model):
     empty = Detections(trace["final_boxes"], trace["labels"], trace["scores"], trace["masks"],
                        model.config.class_names, view.original.shape[:2])
     pictures = [figures.picture_refinement(view, 6), figures.picture_mask_probs(view, 6),
-                figures.picture_pasted(view, 6), figures.picture_result(view, empty), figures.picture_proposals(view, 5)]
+                figures.picture_pasted(view, 6), figures.picture_result(view, empty),
+                figures.picture_proposals(view, 5)]
     assert all(p.ndim == 3 and p.shape[2] == 3 and p.dtype == np.uint8 for p in pictures)
 
 
