@@ -57,7 +57,8 @@ DEFAULT_TOLERANCES = {
 RELATIVE = re.compile(r"^(C\d+|P\d+|box_features|mask_features)$")     # checked relative to max |reference|
 PROPOSAL_ROWS = ("roi_levels", "box_features", "class_logits", "box_deltas")
 DETECTION_ROWS = ("mask_features", "mask_logits", "mask_probs", "final_boxes", "masks")
-NOT_COMPARED = {"candidate_boxes", "candidate_scores", "candidate_labels", "candidate_levels"}   # threshold-dependent
+NOT_COMPARED = {"candidate_boxes", "candidate_scores", "candidate_labels", "rpn_candidate_boxes", "rpn_candidate_scores",
+                "rpn_candidate_levels"}   # threshold-dependent
 COMPANIONS = {"proposal_scores": "proposals", "scores": "boxes", "labels": "boxes"}          # shown with their set
 
 

@@ -23,9 +23,9 @@ class RPNOutput(NamedTuple):
     anchors: np.ndarray           # (K, 4) x1, y1, x2, y2 in padded-image pixels, levels concatenated
     objectness: np.ndarray        # (K,) logits, anchor order
     rpn_deltas: np.ndarray        # (K, 4) dx, dy, dw, dh, anchor order
-    candidate_boxes: np.ndarray   # (T, 4) decoded top-k boxes, clipped, before NMS, resized-image pixels
-    candidate_scores: np.ndarray  # (T,) objectness probabilities of the candidates
-    candidate_levels: np.ndarray  # (T,) int64 pyramid level of each candidate
+    rpn_candidate_boxes: np.ndarray   # (T, 4) decoded top-k boxes, clipped, before NMS, resized-image pixels
+    rpn_candidate_scores: np.ndarray  # (T,) objectness probabilities of the candidates
+    rpn_candidate_levels: np.ndarray  # (T,) int64 pyramid level of each candidate
     proposals: np.ndarray         # (P, 4) x1, y1, x2, y2 in resized-image pixels, by descending score
     proposal_scores: np.ndarray   # (P,) objectness probabilities
 
