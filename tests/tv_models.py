@@ -10,9 +10,12 @@ Raw `weights=None` models are degenerate (identity BatchNorm statistics let acti
 3. rescale the head output layers one after another in forward order, to the target output stds of `TARGET_STDS`,
    measured with forward hooks on the same image.
 
-The backbone does not change after step 2, so step 3 reuses one backbone forward: a calibration costs two backbone
-forwards plus three passes through the heads. Results are cached on disk (`CACHE_DIR`), keyed by everything that
-determines them, including this file's source, so a stale entry can never be used for different inputs.
+The backbone does not change after step 2, so step 3 reuses one backbone forward, and it measures sibling layers
+(RPN cls_logits / bbox_pred, box cls_score / bbox_pred) in one pass: neither changes the other's output, so this
+equals rescaling them one after another. A calibration costs two backbone forwards plus three passes through the
+heads. Results are cached on disk (`CACHE_DIR`), keyed by everything that
+determines them, including the source of the recipe's functions, so a stale entry can never be used for different
+inputs; least recently used entries beyond CACHE_MAX_BYTES are deleted.
 
 A FrozenBatchNorm2d (the generic ResNet-18 model below; torchvision's `resnet_fpn_backbone` default) has no train
 mode: its statistics are set to those of its input by a forward pre-hook during the same single forward.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -50,7 +54,8 @@ STAGE_CASES = (("maskrcnn_resnet50_fpn", "structured:480x640x0", 0), ("maskrcnn_
                ("maskrcnn_resnet50_fpn_v2", "structured:480x640x0", 1), ("maskrcnn_resnet50_fpn_v2", "dog.jpg", 1),
                (SMALL_ARCH, "structured:480x640x3", 1))
 CACHE_DIR = Path(tempfile.gettempdir()) / "minimaskrcnn-test-models"
-_RECIPE = Path(__file__).read_bytes()   # this file: any change to the recipe invalidates the cache
+# Least recently used entries beyond this many bytes are deleted (a ResNet-50 entry is ~180 MB).
+CACHE_MAX_BYTES = int(os.environ.get("MINIMASKRCNN_TEST_CACHE_BYTES", 8 * 2**30))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,9 +216,13 @@ def _calibrate(model, image_t, seed: int) -> None:
 
 
 def _cache_key(arch, image, seed, kwargs) -> str:
+    """Everything the calibrated weights depend on, including the source of the functions that compute them (so any
+    change to the recipe invalidates the cache, while edits elsewhere in this file do not)."""
     torch, tv = oracle.torch(), oracle.torchvision()
     h = hashlib.sha256()
-    h.update(_RECIPE)
+    for fn in (_build, _image_tensor, calibrate_batchnorm, _measure_stds, _calibrate):
+        h.update(inspect.getsource(fn).encode())
+    h.update(repr(TARGET_STDS).encode())
     h.update(json.dumps([arch, seed, sorted((k, repr(v)) for k, v in kwargs.items()), torch.__version__,
                          tv.__version__, image.shape, str(image.dtype)]).encode())
     h.update(np.ascontiguousarray(image).tobytes())
@@ -237,8 +246,9 @@ def calibrated_model(arch: str, image: np.ndarray, seed: int = 0, **kwargs):
             payload = torch.load(path, weights_only=True)
             if payload["key"] == key:
                 model.load_state_dict(payload["state_dict"])
+                os.utime(path)          # most recently used
                 return model.eval()
-        except Exception:   # a truncated or foreign file: recalibrate and overwrite it
+        except Exception:   # a truncated, foreign or concurrently evicted file: recalibrate and overwrite it
             pass
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -250,7 +260,24 @@ def calibrated_model(arch: str, image: np.ndarray, seed: int = 0, **kwargs):
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save({"key": key, "state_dict": model.state_dict()}, tmp)
     os.replace(tmp, path)               # atomic: parallel sessions never read a partial file
+    _evict(CACHE_MAX_BYTES)
     return model.eval()
+
+
+def _evict(max_bytes: int) -> None:
+    entries = []
+    for p in CACHE_DIR.glob("*.pt"):
+        try:
+            st = p.stat()
+            entries.append((st.st_mtime, st.st_size, p))
+        except FileNotFoundError:       # evicted by a parallel session
+            pass
+    total = sum(size for _, size, _ in entries)
+    for _, size, p in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        p.unlink(missing_ok=True)
+        total -= size
 
 
 def state_dict_numpy(model) -> dict:
