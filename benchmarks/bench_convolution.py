@@ -6,7 +6,8 @@
    float32 `np.matmul` of the same (M, K, N) = (256, 2304, 54400) and against `torch.nn.functional.conv2d`.
 2. ResNet-50 body + FPN at 800x1088: ours against torchvision's `model.backbone`, same thread count.
 Runs are interleaved (ours, reference, ours, ...) so that load from other processes hits both alike; the ratio is
-taken per round and its median reported. torch is imported for the reference only.
+taken per round and its median reported. Each timed run starts after a 0.3 s pause, so that thread pools still
+spinning after the previous run (OpenMP in torch, BLAS) do not eat into it. torch is imported for the reference only.
 
 The thread count must be set before NumPy loads BLAS, so --threads sets OPENBLAS_NUM_THREADS / OMP_NUM_THREADS and
 re-executes. OpenBLAS picks its kernels at load time: on CPUs it does not recognise it may fall back to AVX2
@@ -19,6 +20,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+PAUSE = 0.3     # seconds before each timed run
 
 
 def _openblas_core() -> str:
@@ -69,6 +72,7 @@ def main() -> int:
     with torch.no_grad():
         for _ in range(args.repeats + 1):
             for name, run in runs.items():
+                time.sleep(PAUSE)
                 t0 = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - t0)
@@ -89,9 +93,11 @@ def main() -> int:
     ours, theirs = [], []
     with torch.no_grad():
         for _ in range(args.repeats + 1):
+            time.sleep(PAUSE)
             t0 = time.perf_counter()
             fpn.fpn_forward(wf, backbone.backbone_forward(wb, image))
             ours.append(time.perf_counter() - t0)
+            time.sleep(PAUSE)
             t0 = time.perf_counter()
             model.backbone(image_t)
             theirs.append(time.perf_counter() - t0)
