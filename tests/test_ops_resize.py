@@ -67,7 +67,18 @@ def test_floor_edge_cases_match_torchvision():
 @settings(max_examples=40)
 @given(h=st.integers(1, 2000), w=st.integers(1, 2000))
 def test_resized_size_matches_torchvision(h, w):
-    assert ops.resized_size(h, w) == torchvision_resized_size(h, w)
+    try:
+        expected = torchvision_resized_size(h, w)
+    except RuntimeError:          # e.g. 1x1334: torchvision's interpolate refuses an output side of 0
+        with pytest.raises(ValueError, match="too elongated"):
+            ops.resized_size(h, w)
+        return
+    assert ops.resized_size(h, w) == expected
+
+
+def test_too_elongated_image_is_a_clear_error():
+    with pytest.raises(ValueError, match="1x1334 is too elongated"):
+        ops.resized_size(1, 1334)
 
 
 def test_identity_when_the_size_is_unchanged():

@@ -83,7 +83,11 @@ def resized_size(h, w, min_size=MIN_SIZE, max_size=MAX_SIZE) -> tuple[int, int]:
     min_size = V.real("min_size", min_size, low=0.0, low_inclusive=False)
     max_size = V.real("max_size", max_size, low=0.0, low_inclusive=False)
     scale = min(min_size / min(h, w), max_size / max(h, w))
-    return int(math.floor(h * scale)), int(math.floor(w * scale))
+    out = int(math.floor(h * scale)), int(math.floor(w * scale))
+    if min(out) < 1:      # torchvision fails inside F.interpolate here; say why instead
+        raise ValueError(f"image: {h}x{w} is too elongated for the resize rule (it would become {out[0]}x{out[1]}); "
+                         f"crop or pad it first")
+    return out
 
 
 def resize_bilinear(image, out_h, out_w) -> np.ndarray:
