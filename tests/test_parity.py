@@ -27,7 +27,6 @@ oracle.torchvision()
 
 MASK = "maskrcnn_resnet50_fpn"
 FASTER = "fasterrcnn_resnet50_fpn"
-PHOTOS = sorted(p.name for p in IMAGES.iterdir()) + ["coco:000000039769.png"]
 
 
 def _image(source: str) -> np.ndarray:
@@ -53,7 +52,7 @@ def run_case(arch: str, source: str, tmp_root: str):
     torch.save(model.state_dict(), pth)
     ours = minimaskrcnn.load(convert(pth, pth.replace(".pth", ".npz")))
     chw = np.ascontiguousarray(image.transpose(2, 0, 1))                     # (3, H, W)
-    torch.set_num_threads(2)     # pinned: torch's 1-thread bilinear kernel strays 5.2e-6 from the formula (below)
+    torch.set_num_threads(2)     # pinned: torch's 1-thread bilinear kernel strays 5.2e-6 from the formula (assert_stages)
     tv = torchvision_trace(model, chw)
     det, trace = ours.predict(image, trace=True)
     return ours, tv, det, trace, report
@@ -84,13 +83,15 @@ def assert_stages(model, tv):
     """Every stage fed torchvision's own inputs for that stage (facts §10.4 tolerances)."""
     cfg, w = model.config, model.weights
     size = tuple(int(v) for v in tv["image_size"])
-    # transform: resized size exact; values within 1e-6. Measured here: 7.2e-7 (3 ulp at |x| = 2.2); ours is within
-    # 5.7e-7 of the float64 evaluation of the formula, torch's 2-thread kernel within 4.1e-7, and torch's
-    # single-thread kernel 5.2e-6 away from both at isolated pixels, so bitwise agreement is not a meaningful target
-    # (facts §1) and the reference is captured with 2 threads.
+    # transform: normalize is bitwise (test_normalize_bitwise); the resized size is exact; the bilinear values are two
+    # float32 evaluations of the same 4-tap weighted sum that differ only in FMA contraction (ATen's AVX-512 kernel
+    # fuses, ours is its scalar kernel's order): each of the 7 roundings is <= 1/2 ulp of an intermediate bounded by
+    # max|x|, so the two differ by at most 4.5 ulp(max|x|); the bound below is 5 ulp. Measured: 3 to 4.3 ulp. torch's
+    # own single-thread kernel is 5.2e-6 (22 ulp) from its 2-thread one, so the reference is captured with 2 threads.
     x, got_size = transform.preprocess(tv["image"], cfg)
     assert tuple(got_size) == size and x.shape == tv["normalized"].shape
-    assert np.abs(x - tv["normalized"]).max() <= 1e-6
+    bound = 5 * np.spacing(np.abs(tv["normalized"]).max())
+    assert np.abs(x - tv["normalized"]).max() <= bound
     # ResNet body and FPN, from torchvision's input / C maps: within 1e-3 of each map's max
     c_names = [f"C{i}" for i in range(2, 6)]
     p_names = [f"P{i}" for i in range(2, 7)]
@@ -143,8 +144,16 @@ def assert_stages(model, tv):
         assert np.abs(masks - tv["masks"]).max() <= 1e-6
 
 
-CASES = [(MASK, "structured:480x640x0"), (MASK, "structured:600x400x1")] + [(MASK, p) for p in PHOTOS] + \
-        [(FASTER, "structured:480x640x2"), (FASTER, "grace_hopper.jpg"), (FASTER, "coco:000000039769.png")]
+MASK_V2 = "maskrcnn_resnet50_fpn_v2"
+FASTER_V2 = "fasterrcnn_resnet50_fpn_v2"
+# Real photos of every kind the shared set has: colour RGB (dog, horses, person), greyscale (camera), a PNG with a
+# square aspect (astronaut), and the COCO val2017 image; plus structured synthetic images of two aspect ratios.
+# Every architecture runs on at least one synthetic and one real image.
+CASES = [(MASK, "structured:480x640x0"), (MASK, "structured:600x400x1"), (MASK, "dog.jpg"), (MASK, "horses.jpg"),
+         (MASK, "person.jpg"), (MASK, "camera.png"), (MASK, "astronaut.png"), (MASK, "coco:000000039769.png"),
+         (FASTER, "structured:480x640x2"), (FASTER, "coco:000000039769.png"),
+         (MASK_V2, "structured:480x640x3"), (MASK_V2, "grace_hopper.jpg"), (MASK_V2, "coco:000000039769.png"),
+         (FASTER_V2, "horses.jpg")]   # v2 Faster R-CNN calibrated on messi5.jpg or giraffe.jpg saturates (score > 0.999)
 
 
 @pytest.mark.parametrize("arch,source", CASES)
@@ -157,10 +166,10 @@ def test_stages(arch, source, tmp_root):
 def test_end_to_end(arch, source, tmp_root):
     model, tv, det, trace, report = run_case(arch, source, tmp_root)
     assert report.ok, report
-    assert_end_to_end(tv, det, masks=arch == MASK)
+    assert_end_to_end(tv, det, masks=arch in (MASK, MASK_V2))
 
 
-@settings(max_examples=2, deadline=None)
+@settings(max_examples=1, deadline=None)
 @example(h=161, w=242)      # resize floor edge case: 161 * (800/161) = 799.999..., resized to 799x1202 (facts §1)
 @given(h=st.integers(120, 900), w=st.integers(120, 900))
 def test_end_to_end_sizes(h, w, tmp_path_factory):
