@@ -215,14 +215,18 @@ def report(results, start, threads) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="minimaskrcnn bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--repeats", type=int, default=5)
+def arguments() -> argparse.ArgumentParser:
+    """The benchmark's options (shared by `minimaskrcnn bench` and benchmarks/bench.py)."""
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both (default: all cores)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs of each, after one warm-up (default 5)")
     ap.add_argument("--sizes", default="480x640,800x1333", help="comma-separated HxW input sizes")
     ap.add_argument("--v2", action="store_true", help="benchmark maskrcnn_resnet50_fpn_v2")
     ap.add_argument("--json", help="also write the raw results here")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def run(args) -> int:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         weights = make_weights(tmp, args.v2)
@@ -232,3 +236,8 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "startup": start}, indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="bench.py", parents=[arguments()], description=__doc__.split("\n\n")[0])
+    return run(ap.parse_args(argv))
