@@ -174,11 +174,11 @@ def test_class_ids():
 
 
 def test_threads_set_before_heavy_imports(monkeypatch):
-    for name in cli.THREAD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    # As in a fresh CLI process, Numba is not loaded yet. (With it loaded, _set_threads would launch Numba's pool
-    # with 3 threads, and restoring the environment afterwards would make every later compilation in this pytest
-    # process refuse the mismatch. Reaching Numba is checked in a fresh process by the next test.)
+    # A private environment: the variables _set_threads writes must not outlive this test (monkeypatch.delenv of an
+    # absent variable records nothing to undo), and Numba, as in a fresh CLI process, is not loaded yet. Otherwise
+    # Numba's pool would run with 3 threads in this pytest process, and every later compilation would refuse the
+    # changed NUMBA_NUM_THREADS. Reaching Numba is checked in a fresh process by the next test.
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in cli.THREAD_VARIABLES})
     monkeypatch.delitem(sys.modules, "numba", raising=False)
     cli._set_threads(3)
     assert all(os.environ[name] == "3" for name in cli.THREAD_VARIABLES)
