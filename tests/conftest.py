@@ -14,3 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"          # ../shared from the project root (shared/README.md)
 IMAGES = SHARED / "images"
 COCO_39769 = SHARED / "coco_val2017_39769"
+
+
+def checkout_env(**overrides):
+    """The environment for a test subprocess, importing this checkout's packages (and tests/ helpers) first.
+
+    Without the explicit path a subprocess started outside the project root can import another copy: an installed
+    one, or the namespace package pip leaves behind when it uninstalls a `pip install .` whose Numba cache files
+    (not in its RECORD) stay in site-packages/minimaskrcnn/__pycache__ and shadow an editable install."""
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, **overrides}

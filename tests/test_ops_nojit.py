@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import naive
+from conftest import checkout_env
 
 TESTS = Path(__file__).resolve().parent
 
@@ -51,8 +52,7 @@ def check_kernels_without_jit():
 
 
 def test_kernels_agree_with_naive_without_jit():
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1",
-               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    env = checkout_env(NUMBA_DISABLE_JIT="1")
     proc = subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-c",
                            "import test_ops_nojit as t; t.check_kernels_without_jit()"],
                           env=env, cwd=TESTS, capture_output=True, text=True, timeout=600)

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import naive
+from conftest import checkout_env
 import oracle
 from minimaskrcnn import ops
 
@@ -118,8 +119,7 @@ def check_against_torch_scalar_kernel():
 
 
 def test_resize_bitwise_torch_scalar_kernel_in_fresh_process():
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    env = checkout_env(ATEN_CPU_CAPABILITY="default", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", "import test_ops_resize as t; t.check_against_torch_scalar_kernel()"],
                           env=env, cwd=TESTS, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
