@@ -10,7 +10,7 @@ def torch():
     try:
         import torch as _torch
     except Exception as e:  # ImportError, or a broken CUDA/CPU build mismatch
-        pytest.fail(f"torch (the test oracle) cannot be imported: {e}. Install with: pip install -e '.[test]'",
+        pytest.fail(f"torch (the test oracle) cannot be imported: {e}. Install with: pip install '.[test]'",
                     pytrace=False)
     _torch.set_num_threads(1)
     return _torch
@@ -23,7 +23,7 @@ def torchvision():
         import torchvision.ops  # noqa: F401  (loads the compiled C++ ops: fails if torch and torchvision mismatch)
         _tv.ops.nms(_tv_empty_boxes(), _torch_empty(), 0.5)
     except Exception as e:
-        pytest.fail(f"torchvision (the test oracle) cannot be used: {e}. Install with: pip install -e '.[test]'",
+        pytest.fail(f"torchvision (the test oracle) cannot be used: {e}. Install with: pip install '.[test]'",
                     pytrace=False)
     return _tv
 

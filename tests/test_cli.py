@@ -4,6 +4,7 @@ Runs of `python -m minimaskrcnn` that need a model are in test_cli_end_to_end.py
 """
 import io
 import os
+import shutil
 import subprocess
 import sys
 
@@ -205,3 +206,14 @@ def test_progress_bar_only_on_a_terminal():
     text = shown.getvalue()
     assert "2/4 images" in text and "4/4 images" in text and "an error\n" in text and text.endswith("\n")
     assert Progress(None, "frames", enabled=False).render(2.0) == "0 frames"
+
+
+def test_installed_console_script_runs_from_any_directory(tmp_path):
+    """The README's commands install the package; its `minimaskrcnn` script must then work outside the checkout."""
+    import minimaskrcnn
+    script = shutil.which("minimaskrcnn")
+    assert script, "no `minimaskrcnn` on PATH: install the package first (the README's commands do)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([script, "--version"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["minimaskrcnn", minimaskrcnn.__version__]
