@@ -19,7 +19,8 @@ input. A `Conv` is packed for one of the two layouts (`Conv.channels_last`).
 (ky, kx, c) order, times the weight `(k*k*C, C')`. The unfolding is done for a block of output positions at a time
 into a reused buffer of at most `IM2COL_BLOCK_BYTES`, so a 3x3 convolution at P2 (200x272, 256 channels: 500 MB
 unfolded) runs in 64 MB pieces; a 1x1 stride-1 convolution needs no unfolding (its input is the column matrix).
-The GEMM is NumPy's (BLAS, both cores). Bias, the residual of a ResNet block and the ReLU are applied to each output
+The GEMM is NumPy's (BLAS, both cores). A 3x3 convolution with stride 1 and padding 1, most of the network's
+arithmetic, is packed for Winograd's F(2x2, 3x3) instead (`winograd.py`, 2.25x fewer multiplications). Bias, the residual of a ResNet block and the ReLU are applied to each output
 block right after its GEMM, while it is still in cache.
 
 BatchNorm (frozen or eval-mode: `y = (x - mean) / sqrt(var + eps) * gamma + beta`) is affine per channel and is
@@ -36,6 +37,8 @@ from typing import Mapping
 
 import numpy as np
 from numba import njit
+
+from .winograd import conv3x3, conv3x3_rois, pack_filters
 
 # Upper bound on one im2col block. Each block costs one BLAS call, i.e. one wake-up of the BLAS threads. On an idle
 # 2-core machine the block size hardly matters (1k to 50k columns run at the same GFLOP/s), but with the cores shared
@@ -54,12 +57,14 @@ class Conv:
     """A 2-D convolution (square kernel, no dilation, groups = 1) with any BatchNorm already folded in."""
 
     weight: np.ndarray      # float32 C-contiguous GEMM operand: (C', C*k*k) in (c, ky, kx) order for `conv2d`,
-                            # (k*k*C, C') in (ky, kx, c) order for `conv2d_rois` (channels_last)
+                            # (k*k*C, C') in (ky, kx, c) order for `conv2d_rois` (channels_last); if `winograd`,
+                            # the transformed filters (16, C', C), or (16, C, C') channels-last (winograd.py)
     bias: np.ndarray        # (C',) float32; zeros when the layer has neither bias nor BatchNorm
     kernel: int
     stride: int
     padding: int
     channels_last: bool     # which layout `weight` is packed for
+    winograd: bool = False  # 3x3, stride 1, padding 1 by Winograd's F(2x2, 3x3) instead of im2col
 
     @property
     def out_channels(self) -> int:
@@ -67,7 +72,9 @@ class Conv:
 
     @property
     def in_channels(self) -> int:
-        return self.weight.size // (self.out_channels * self.kernel * self.kernel)
+        if self.winograd:
+            return self.weight.shape[1 if self.channels_last else 2]
+        return self.weight.shape[0 if self.channels_last else 1] // (self.kernel * self.kernel)
 
 
 def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps: float):
@@ -87,9 +94,11 @@ def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps: float):
     return folded_w.astype(np.float32), folded_b.astype(np.float32)
 
 
-def make_conv(weight, bias=None, *, stride: int = 1, padding: int = 0, channels_last: bool = False) -> Conv:
+def make_conv(weight, bias=None, *, stride: int = 1, padding: int = 0, channels_last: bool = False,
+              winograd: bool | None = None) -> Conv:
     """Pack a torch-layout conv weight (C', C, k, k) (and optional bias (C',)) for `conv2d`, or for `conv2d_rois`
-    when channels_last."""
+    when channels_last. `winograd` (default: whenever the kernel is 3x3, stride 1, padding 1) packs it for
+    `winograd.py`; False keeps im2col."""
     weight = np.asarray(weight, np.float32)
     if weight.ndim != 4 or weight.shape[2] != weight.shape[3]:
         raise ValueError(f"weight: expected (C', C, k, k) with a square kernel, got {weight.shape}")
@@ -97,6 +106,12 @@ def make_conv(weight, bias=None, *, stride: int = 1, padding: int = 0, channels_
     bias = np.zeros(c_out, np.float32) if bias is None else np.asarray(bias, np.float32)
     if bias.shape != (c_out,):
         raise ValueError(f"bias: expected ({c_out},), got {bias.shape}")
+    eligible = k == 3 and stride == 1 and padding == 1
+    if winograd and not eligible:
+        raise ValueError(f"winograd: needs a 3x3 kernel, stride 1 and padding 1, got {k}x{k}, {stride}, {padding}")
+    if eligible and winograd is not False:
+        return Conv(pack_filters(weight, channels_last), np.ascontiguousarray(bias), k, stride, padding,
+                    channels_last, winograd=True)
     if channels_last:
         packed = weight.transpose(2, 3, 1, 0).reshape(k * k * c_in, c_out)  # (C', C, k, k) -> (k, k, C, C') -> (KK, C')
     else:
@@ -105,7 +120,8 @@ def make_conv(weight, bias=None, *, stride: int = 1, padding: int = 0, channels_
 
 
 def load_conv(sd: Mapping[str, np.ndarray], name: str, kernel: int, *, stride: int = 1, padding: int = 0,
-              bn: str | None = None, eps: float = 1e-5, channels_last: bool = False) -> Conv:
+              bn: str | None = None, eps: float = 1e-5, channels_last: bool = False,
+              winograd: bool | None = None) -> Conv:
     """The kernel x kernel convolution `name` of a torchvision state dict (`name.weight`, `name.bias`), with the
     BatchNorm whose key prefix is `bn` (`bn.weight`, `.bias`, `.running_mean`, `.running_var`) folded in.
 
@@ -119,7 +135,7 @@ def load_conv(sd: Mapping[str, np.ndarray], name: str, kernel: int, *, stride: i
     if bn is not None:
         weight, bias = fold_batchnorm(weight, bias, sd[f"{bn}.weight"], sd[f"{bn}.bias"],
                                       sd[f"{bn}.running_mean"], sd[f"{bn}.running_var"], eps)
-    return make_conv(weight, bias, stride=stride, padding=padding, channels_last=channels_last)
+    return make_conv(weight, bias, stride=stride, padding=padding, channels_last=channels_last, winograd=winograd)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -134,6 +150,13 @@ def conv2d(x: np.ndarray, conv: Conv, relu: bool = False, residual: np.ndarray |
     c_in, h, w = x.shape
     k, s, p = conv.kernel, conv.stride, conv.padding
     h_out, w_out = _output_size(h, w, k, s, p)
+    if conv.winograd:
+        out = conv3x3(x, conv.weight, conv.bias, relu and residual is None)   # (C', H, W)
+        if residual is not None:                                            # torchvision's order: + identity, ReLU
+            out += residual
+            if relu:
+                np.maximum(out, 0, out=out)
+        return out
     out = np.empty((conv.out_channels, h_out * w_out), np.float32)          # (C', H'*W')
     if residual is not None:
         residual = np.ascontiguousarray(residual, np.float32).reshape(out.shape)   # (C', H'*W')
@@ -165,6 +188,8 @@ def conv2d_rois(x: np.ndarray, conv: Conv, relu: bool = False) -> np.ndarray:
     n, h, w, c_in = x.shape
     k, s, p = conv.kernel, conv.stride, conv.padding
     h_out, w_out = _output_size(h, w, k, s, p)
+    if conv.winograd:
+        return conv3x3_rois(x, conv.weight, conv.bias, relu)                # (N, H, W, C')
     m = n * h_out * w_out                                                   # output positions
     out = np.empty((m, conv.out_channels), np.float32)                      # (N*H'*W', C')
     direct = k == 1 and s == 1 and p == 0

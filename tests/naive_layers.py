@@ -116,3 +116,88 @@ def gamma_bound(n: int) -> float:
     is at most gamma_n * sum |terms| (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., Eq. 3.5)."""
     u = 2.0 ** -24
     return n * u / (1 - n * u)
+
+
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016, Eq. 8), written with its matrices.
+WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
+WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+
+def _sequential_matmul32(a, b):
+    """a @ b in float32 with each sum taken left to right (a holds 0 and +-1 only, so every product is exact):
+    the order the kernels add in."""
+    out = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for i in range(a.shape[0]):
+        for j in range(b.shape[1]):
+            acc = np.float32(0)
+            for k in range(a.shape[1]):
+                if a[i, k] != 0:
+                    acc = np.float32(acc + np.float32(a[i, k]) * b[k, j])
+            out[i, j] = acc
+    return out
+
+
+def winograd_tiles(h, w):
+    """The (ty, tx) of every 2x2 output tile of an h x w map, in row-major order: TH*TW tiles."""
+    return [(ty, tx) for ty in range(-(-h // 2)) for tx in range(-(-w // 2))]
+
+
+def winograd_input_tile(x2d, ty, tx):
+    """The 4x4 input tile x2d[2ty-1 : 2ty+3, 2tx-1 : 2tx+3] of an (H, W) map, zero outside."""
+    h, w = x2d.shape
+    d = np.zeros((4, 4), x2d.dtype)
+    for i in range(4):
+        for j in range(4):
+            iy, ix = 2 * ty - 1 + i, 2 * tx - 1 + j
+            if 0 <= iy < h and 0 <= ix < w:
+                d[i, j] = x2d[iy, ix]
+    return d
+
+
+def winograd_input_transform_naive(x):
+    """V = B^T d B of every tile of one image x (C, H, W), float32 in the kernels' order: (C, 16, TH*TW)."""
+    tiles = winograd_tiles(*x.shape[1:])
+    v = np.zeros((x.shape[0], 16, len(tiles)), np.float32)
+    for c in range(x.shape[0]):
+        for t, (ty, tx) in enumerate(tiles):
+            d = winograd_input_tile(x[c], ty, tx)
+            v[c, :, t] = _sequential_matmul32(WINOGRAD_BT, _sequential_matmul32(WINOGRAD_BT, d).T).T.ravel()  # B^T d B
+    return v
+
+
+def winograd_output_transform_naive(m, bias, h, w, relu):
+    """relu?(A^T M A + b) of every tile M = m[o, :, t].reshape(4, 4), float32 in the kernels' order: (C', H, W)."""
+    out = np.zeros((m.shape[0], h, w), np.float32)
+    for o in range(m.shape[0]):
+        for t, (ty, tx) in enumerate(winograd_tiles(h, w)):
+            y = _sequential_matmul32(WINOGRAD_AT, _sequential_matmul32(WINOGRAD_AT, m[o, :, t].reshape(4, 4)).T).T
+            y = y + np.float32(bias[o])
+            if relu:
+                y = np.maximum(y, 0)
+            rows, cols = min(2, h - 2 * ty), min(2, w - 2 * tx)
+            out[o, 2 * ty:2 * ty + rows, 2 * tx:2 * tx + cols] = y[:rows, :cols]
+    return out
+
+
+def winograd_conv3x3_naive(x, weight, bias):
+    """(result, magnitude) of the 3x3, stride-1, padding-1 convolution of x (C, H, W) by Winograd's algorithm in
+    float64: result = sum_c A^T [(G g G^T) * (B^T d B)] A + b, which is the convolution, and magnitude the same with
+    every matrix and operand in absolute value, the quantity the float32 rounding error is bounded by."""
+    x, weight = np.asarray(x, np.float64), np.asarray(weight, np.float64)
+    h, w = x.shape[1:]
+    tiles = winograd_tiles(h, w)
+    d = np.array([[winograd_input_tile(xc, ty, tx) for xc in x] for ty, tx in tiles]).reshape(len(tiles), len(x), 4, 4)
+    results = []
+    for f in (lambda a: a, np.abs):
+        bt, g, at = f(WINOGRAD_BT), f(WINOGRAD_G), f(WINOGRAD_AT)
+        v = np.einsum("ik,tckl,jl->tcij", bt, f(d), bt)                    # (T, C, 4, 4)  B^T d B
+        u = np.einsum("ik,ockl,jl->ocij", g, f(weight), g)                 # (C', C, 4, 4)  G g G^T
+        m = np.einsum("tcij,ocij->toij", v, u)                             # (T, C', 4, 4)  summed over c
+        y = np.einsum("ik,tokl,jl->toij", at, m, at) + f(np.asarray(bias, np.float64))[:, None, None]   # (T, C', 2, 2)
+        out = np.zeros((weight.shape[0], h, w))
+        for t, (ty, tx) in enumerate(tiles):
+            rows, cols = min(2, h - 2 * ty), min(2, w - 2 * tx)
+            out[:, 2 * ty:2 * ty + rows, 2 * tx:2 * tx + cols] = y[t, :, :rows, :cols]
+        results.append(out)
+    return tuple(results)

@@ -4,7 +4,8 @@ Tolerances. A float32 sum of n products, in any order, with or without FMA, is w
 exact value (Higham Eq. 3.5; `naive_layers.gamma_bound`). The float64 references are exact to ~1e-16 relative, so
 `|ours - ref| <= gamma_{n} * (|W| conv |x| + |b| + |residual|)` elementwise is a guaranteed bound, with n the
 accumulation length (C*k*k products, + bias, + residual). Against torch, whose own error obeys the same bound, twice
-that. Copies (im2col, max pooling, nearest upsampling) must be exact.
+that. Copies (im2col, max pooling, nearest upsampling) must be exact. These tests pin the im2col path
+(`winograd=False`); the Winograd 3x3 path has its own bound in tests/test_winograd.py.
 """
 import contextlib
 
@@ -90,7 +91,7 @@ def test_conv2d_within_float32_bound_of_naive_and_torch(case, relu, with_residua
     if relu:
         exact = np.maximum(exact, 0)
     with im2col_block_bytes(case["block_bytes"]):
-        conv = layers.make_conv(weight, bias, stride=case["s"], padding=case["p"])
+        conv = layers.make_conv(weight, bias, stride=case["s"], padding=case["p"], winograd=False)
         got = layers.conv2d(x, conv, relu=relu, residual=residual)
     assert got.shape == exact.shape and got.dtype == np.float32
     bound = gamma_bound(case["c_in"] * case["k"] ** 2 + 2) * magnitude
@@ -121,7 +122,8 @@ def test_conv2d_rois_within_float32_bound_of_naive_and_torch(case, relu):
     if relu:
         exact = np.maximum(exact, 0)
     with im2col_block_bytes(case["block_bytes"]):
-        conv = layers.make_conv(weight, bias, stride=case["s"], padding=case["p"], channels_last=True)
+        conv = layers.make_conv(weight, bias, stride=case["s"], padding=case["p"], channels_last=True,
+                                winograd=False)
         got = layers.conv2d_rois(x, conv, relu=relu)
     assert got.shape == exact.shape and got.dtype == np.float32
     bound = gamma_bound(case["c_in"] * case["k"] ** 2 + 1) * magnitude
@@ -148,7 +150,7 @@ def test_conv2d_realistic_shapes_match_torch(c_in, c_out, h, w, k, s, p):
     weight = random_array(rng, (c_out, c_in, k, k), 1 / np.sqrt(c_in * k * k))
     bias = random_array(rng, c_out)
     with im2col_block_bytes(256 * 2**10):                                    # several blocks at these sizes
-        got = layers.conv2d(x, layers.make_conv(weight, bias, stride=s, padding=p), relu=True)
+        got = layers.conv2d(x, layers.make_conv(weight, bias, stride=s, padding=p, winograd=False), relu=True)
     ref = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x)[None], torch.from_numpy(weight),
                                                 torch.from_numpy(bias), stride=s, padding=p))[0].numpy()
     magnitude = torch.nn.functional.conv2d(torch.from_numpy(np.abs(x))[None], torch.from_numpy(np.abs(weight)),
@@ -173,7 +175,7 @@ def test_fold_batchnorm_matches_conv_then_batchnorm(eps, with_conv_bias):
           "bn.running_var": bn[3]}
     if with_conv_bias:
         sd["conv.bias"] = conv_bias
-    got = layers.conv2d(x, layers.load_conv(sd, "conv", 3, padding=1, bn="bn", eps=eps))
+    got = layers.conv2d(x, layers.load_conv(sd, "conv", 3, padding=1, bn="bn", eps=eps, winograd=False))
     exact = batchnorm_naive(conv2d_naive(x, weight, conv_bias, 1, 1), *bn, eps)
     scale = np.abs(bn[0] / np.sqrt(bn[3].astype(np.float64) + eps))[:, None, None]
     magnitude = conv2d_naive(np.abs(x), np.abs(weight), None if conv_bias is None else np.abs(conv_bias), 1, 1)
