@@ -4,7 +4,9 @@ Method. Each implementation runs in its own worker process, so that each one's p
 Both load the same weights (a random-weight torchvision model saved once and converted; the same arithmetic as the
 COCO checkpoint), get the same thread count, and process the same image; the parent drives them alternately,
 A B A B ..., after one warm-up run each, so that a noisy, shared machine slows both alike. It reports medians, the
-ratio, a per-stage breakdown (our trace timings; torchvision's from forward hooks), peak RSS, and the start-up costs
+ratio, a per-stage breakdown (our trace timings; torchvision's from forward hooks), peak RSS, the arithmetic rate of
+our convolutions in one extra pass against a plain float32 matrix product measured in the same process, and the
+start-up costs
 of a fresh process with an empty and with a warm Numba cache. Speed is never asserted by a test; this prints
 ratios measured in one run.
 
@@ -43,6 +45,9 @@ def _worker(kind: str, weights: str, threads: int, image_path: str):
     for line in sys.stdin:
         if line.strip() == "quit":
             break
+        if line.strip() == "convs":
+            print(json.dumps(_convolution_rates(run, image)), flush=True)
+            continue
         t0 = time.perf_counter()
         stages, n = run(image)
         print(json.dumps({"latency": time.perf_counter() - t0, "stages": stages, "detections": n}), flush=True)
@@ -59,6 +64,49 @@ def _minimaskrcnn_runner(weights, threads):
         det, trace = model.predict(image, trace=True)
         return dict(trace.timings), len(det)
     return run
+
+
+def _convolution_rates(run, image):
+    """One more forward pass with every convolution timed: per kind (Winograd 3x3, im2col, 1x1) the direct-method
+    FLOPs (2 C' C k^2 H' W' per image or RoI batch, what the layer computes whatever the algorithm) and seconds; and,
+    in the same process, the rate of a plain float32 matrix product of the largest convolution's im2col GEMM."""
+    from . import backbone, fpn, heads
+    kinds, largest = {}, (0, None)
+
+    def timed(fn):
+        def wrapper(x, conv, *args, **kwargs):
+            t0 = time.perf_counter()
+            y = fn(x, conv, *args, **kwargs)
+            seconds = time.perf_counter() - t0
+            c_out, positions = conv.out_channels, y.size // conv.out_channels
+            flops = 2 * c_out * conv.in_channels * conv.kernel ** 2 * positions
+            kind = "3x3 Winograd" if conv.winograd else "1x1" if conv.kernel == 1 else "im2col"
+            total = kinds.setdefault(kind, [0.0, 0.0])
+            total[0], total[1] = total[0] + flops, total[1] + seconds
+            nonlocal largest
+            largest = max(largest, (flops, (c_out, conv.in_channels * conv.kernel ** 2, positions)), key=lambda v: v[0])
+            return y
+        return wrapper
+
+    patched = [(m, name, getattr(m, name)) for m in (backbone, fpn, heads) for name in ("conv2d", "conv2d_rois")
+               if hasattr(m, name)]
+    for m, name, fn in patched:
+        setattr(m, name, timed(fn))
+    try:
+        run(image)
+    finally:
+        for m, name, fn in patched:
+            setattr(m, name, fn)
+    m_, k_, n_ = largest[1]
+    rng = np.random.default_rng(0)
+    a, b = rng.random((m_, k_), dtype=np.float32), rng.random((k_, n_), dtype=np.float32)
+    c = np.empty((m_, n_), np.float32)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        times.append(time.perf_counter() - t0)
+    return {"kinds": kinds, "matmul_shape": [m_, k_, n_], "matmul_gflops": 2 * m_ * k_ * n_ / min(times) / 1e9}
 
 
 def _torchvision_runner(weights, threads):
@@ -136,8 +184,12 @@ def bench_size(weights, image, threads, repeats, tmp):
     for _ in range(repeats):
         for k, w in workers.items():
             runs[k].append(w.run())
+    w = workers["minimaskrcnn"]
+    w.p.stdin.write("convs\n")
+    w.p.stdin.flush()
+    convs = w._read()
     rss = {k: w.close() for k, w in workers.items()}
-    result = {"size": image.shape[:2], "rss_mb": rss}
+    result = {"size": image.shape[:2], "rss_mb": rss, "convolutions": convs}
     for k, rs in runs.items():
         result[k] = {"median": float(np.median([r["latency"] for r in rs])),
                      "detections": rs[-1]["detections"],
@@ -208,6 +260,14 @@ def report(results, start, threads) -> str:
             ratio = f"{sa / sb:8.2f}" if sb else f"{'-':>8}"
             tv = f"{sb:9.3f}" if sb else f"{'-':>9}"
             lines.append(f"  {stage:<14}{sa:9.3f}{tv}{ratio}")
+        c = r["convolutions"]
+        flops, seconds = (sum(v[i] for v in c["kinds"].values()) for i in (0, 1))
+        m_, k_, n_ = c["matmul_shape"]
+        lines.append(f"  convolutions: {flops / 1e9:.0f} GFLOP (direct method) in {seconds:.3f} s = "
+                     f"{flops / seconds / 1e9:.0f} GFLOP/s; plain float32 matmul {m_}x{k_} @ {k_}x{n_}: "
+                     f"{c['matmul_gflops']:.0f} GFLOP/s (ratio {flops / seconds / 1e9 / c['matmul_gflops']:.2f})")
+        lines.append("    " + ", ".join(f"{kind} {f / 1e9:.0f} GFLOP in {t:.3f} s = {f / t / 1e9:.0f} GFLOP/s"
+                                        for kind, (f, t) in sorted(c["kinds"].items())))
         lines.append("")
     for label, s in start.items():
         lines.append(f"fresh process, {label}: {s['process']:.2f} s total (import {s['import']:.2f} s, load weights "
