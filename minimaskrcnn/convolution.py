@@ -31,7 +31,6 @@ folded outputs differ from torchvision's at the level of float32 rounding (~1e-7
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -39,13 +38,13 @@ import numpy as np
 from numba import njit
 
 from .winograd import conv3x3, conv3x3_rois, pack_filters
+from .workspace import scratch
 
 # Upper bound on one im2col block. Each block costs one BLAS call, i.e. one wake-up of the BLAS threads. On an idle
 # 2-core machine the block size hardly matters (1k to 50k columns run at the same GFLOP/s), but with the cores shared
 # with other processes every call waits for a descheduled BLAS thread: the same GEMM took 0.55 s in 1 call, 0.74 s in
-# 8, 0.97 s in 17. 64 MB is 7 calls for a 3x3 conv at P2. The buffer is reused (`_scratch`).
+# 8, 0.97 s in 17. 64 MB is 7 calls for a 3x3 conv at P2. The buffer is reused (`workspace.py`).
 IM2COL_BLOCK_BYTES = 64 * 2**20
-_workspace = threading.local()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,7 +161,7 @@ def conv2d(x: np.ndarray, conv: Conv, relu: bool = False, residual: np.ndarray |
         residual = np.ascontiguousarray(residual, np.float32).reshape(out.shape)   # (C', H'*W')
     direct = k == 1 and s == 1 and p == 0                                   # the input already is the column matrix
     rows_per_block = max(1, IM2COL_BLOCK_BYTES // (4 * c_in * k * k * w_out))
-    cols = None if direct else _scratch((c_in * k * k, min(rows_per_block, h_out) * w_out))
+    cols = None if direct else scratch("im2col", (c_in * k * k, min(rows_per_block, h_out) * w_out))
     for r0 in range(0, h_out, rows_per_block):                              # blocks of whole output rows
         r1 = min(r0 + rows_per_block, h_out)
         j0, j1 = r0 * w_out, r1 * w_out                                     # output columns of this block
@@ -194,7 +193,7 @@ def conv2d_rois(x: np.ndarray, conv: Conv, relu: bool = False) -> np.ndarray:
     out = np.empty((m, conv.out_channels), np.float32)                      # (N*H'*W', C')
     direct = k == 1 and s == 1 and p == 0
     per_block = max(1, IM2COL_BLOCK_BYTES // (4 * c_in * k * k))
-    cols = None if direct else _scratch((min(per_block, m), c_in * k * k))
+    cols = None if direct else scratch("im2col", (min(per_block, m), c_in * k * k))
     for m0 in range(0, m, per_block):
         m1 = min(m0 + per_block, m)
         if direct:
@@ -207,16 +206,6 @@ def conv2d_rois(x: np.ndarray, conv: Conv, relu: bool = False) -> np.ndarray:
         if relu:
             np.maximum(y, 0, out=y)
     return out.reshape(n, h_out, w_out, conv.out_channels)                  # (N, H', W', C')
-
-
-def _scratch(shape: tuple) -> np.ndarray:
-    """A float32 buffer of `shape` for im2col blocks, reused from call to call (one per thread): allocating tens of MB
-    afresh for every convolution would page-fault them in again each time."""
-    size = shape[0] * shape[1]
-    buf = getattr(_workspace, "buf", None)
-    if buf is None or buf.size < size:
-        buf = _workspace.buf = np.empty(size, np.float32)
-    return buf[:size].reshape(shape)
 
 
 def _output_size(h: int, w: int, k: int, s: int, p: int) -> tuple:

@@ -34,6 +34,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .workspace import scratch
+
 # Upper bound on one block of transformed input (or output) tiles; as convolution.IM2COL_BLOCK_BYTES, one batched
 # GEMM per block. A 256-channel 200x272 map (P2 of an 800x1088 image) is 222 MB transformed: 4 blocks.
 BLOCK_BYTES = 64 * 2**20
@@ -62,7 +64,7 @@ def conv3x3(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> np.nd
     out = np.empty((c_out, h, w), np.float32)                               # (C', H, W)
     rows = max(1, BLOCK_BYTES // (4 * 16 * max(c_in, c_out) * tw))          # tile rows per block
     t_max = min(rows, th) * tw
-    v_buf, m_buf = np.empty((c_in, 16, t_max), np.float32), np.empty((c_out, 16, t_max), np.float32)
+    v_buf, m_buf = scratch("winograd_v", (c_in, 16, t_max)), scratch("winograd_m", (c_out, 16, t_max))
     for ty0 in range(0, th, rows):
         ty1 = min(ty0 + rows, th)
         v, m = v_buf[:, :, : (ty1 - ty0) * tw], m_buf[:, :, : (ty1 - ty0) * tw]   # (C, 16, T), (C', 16, T)
@@ -80,8 +82,8 @@ def conv3x3_rois(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> 
     per_roi = ((h + 1) // 2) * ((w + 1) // 2)                               # tiles of one RoI
     rois = max(1, BLOCK_BYTES // (4 * 16 * max(c_in, c_out) * per_roi))    # RoIs per block
     out = np.empty((n, h, w, c_out), np.float32)                            # (N, H, W, C')
-    v_buf = np.empty((16, min(rois, n) * per_roi, c_in), np.float32)
-    m_buf = np.empty((16, min(rois, n) * per_roi, c_out), np.float32)
+    v_buf = scratch("winograd_v", (16, min(rois, n) * per_roi, c_in))
+    m_buf = scratch("winograd_m", (16, min(rois, n) * per_roi, c_out))
     for n0 in range(0, n, rois):
         n1 = min(n0 + rois, n)
         v, m = v_buf[:, : (n1 - n0) * per_roi], m_buf[:, : (n1 - n0) * per_roi]  # (16, T, C), (16, T, C')
