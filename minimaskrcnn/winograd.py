@@ -50,8 +50,9 @@ def pack_filters(weight: np.ndarray, channels_last: bool) -> np.ndarray:
     weight = np.asarray(weight, np.float64)
     if weight.ndim != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"weight: expected (C', C, 3, 3), got {weight.shape}")
-    u = G @ weight @ G.T                                                    # (C', C, 4, 4), batched 4x3 @ 3x3 @ 3x4
-    u = u.transpose(2, 3, 0, 1).reshape(16, *weight.shape[:2])              # (4, 4, C', C) -> (16, C', C)
+    # u[o, c, j, i] = sum_{ky, kx} G[i, ky] W[o, c, ky, kx] G[j, kx]: two tensordots, each one large BLAS product
+    u = np.tensordot(np.tensordot(weight, G, axes=([3], [1])), G, axes=([2], [1]))   # (C', C, 4 (j), 4 (i))
+    u = u.transpose(3, 2, 0, 1).reshape(16, *weight.shape[:2])              # (4 (i), 4 (j), C', C) -> (16, C', C)
     if channels_last:
         u = u.transpose(0, 2, 1)                                                      # (16, C, C')
     return np.ascontiguousarray(u, np.float32)
