@@ -1,0 +1,5 @@
+"""The matterport family: matterport/Mask_RCNN's Keras Mask R-CNN (and pytorch-mask-rcnn's port), in NumPy.
+
+`config.MatterportConfig` holds matterport's inference `Config` attributes by their own names; `weights` turns a
+`.h5` / `.pth` / converted `.npz` file into (MatterportConfig, {Keras weight name: array}); the network loads that.
+"""
