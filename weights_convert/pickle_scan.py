@@ -5,6 +5,13 @@ the stack with one depth counter per entry (shared with the memo, so that contai
 counted too). Why the depth matters: CPython hashes nested tuples recursively in C, so a 3 MB pickle of nested tuples
 used as a dict key overflows the C stack, a segfault rather than an exception. Tuples are immutable, so their
 simulated depth is exact; lists and dicts can grow later and are re-bounded when materialised (`reader`).
+The memo is kept dense: an index may overwrite an entry or add the next one (0, 1, 2, ..., as pickle.py's
+`memoize` and _pickle.c's `memo_put` number them), never skip ahead. CPython's C unpickler grows its memo array to
+twice the largest index it is given, before the value is stored, so a LONG_BINPUT index of 57 million (one flipped
+length byte turns the next four bytes into one) would make it allocate ~900 MB for a 3 kB file. Argument lengths
+(BINUNICODE, BINBYTES, ...) are bounded by the bytes that remain: `genops` reads each argument and fails when fewer
+bytes remain than it declares, before the C unpickler, which allocates a BINBYTES buffer of the declared size first,
+ever sees the pickle.
 Globals named by GLOBAL (and STACK_GLOBAL with literal strings) are checked here already, so that the refusal names the
 global even when a later opcode (NEWOBJ) would be refused too.
 """
@@ -96,6 +103,8 @@ def scan_pickle(data: bytes, start: int, allowed_global) -> int:
             elif name == "DUP":
                 stack.append(top())
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                if arg > len(memo):
+                    raise CheckpointError(f"corrupt pickle: memo index {arg} out of sequence (next is {len(memo)})")
                 memo[arg] = top()
             elif name == "MEMOIZE":
                 memo[len(memo)] = top()
