@@ -219,16 +219,16 @@ def restricted_load(data: bytes, start: int, storage_factory):
     """Scan, then unpickle `data[start:]` with the restricted unpickler. Returns (object, offset past the pickle).
 
     `storage_factory(key, dtype, numel, extra)` is called for each persistent storage id and returns a `StorageRef`.
+    The unpickler is given only the bytes the scan accepted, so no argument it reads can reach past them.
     """
     end = scan_pickle(data, start, _allowed_global)
-    f = io.BytesIO(data)
-    f.seek(start)
+    f = io.BytesIO(memoryview(data)[start:end])   # a copy of the pickle alone, not of the storages after it
     try:
         obj = _RestrictedUnpickler(f, storage_factory).load()
-    except CheckpointError:
+    except (CheckpointError, MemoryError):  # out of memory is not corruption: say so (the scan bounds what it asks)
         raise
     except Exception as e:   # TypeError/AttributeError/... from a malformed but scan-clean pickle
         raise CheckpointError(f"corrupt pickle: {type(e).__name__}: {_clip(e)}") from None
-    if f.tell() != end:
+    if f.tell() != end - start:
         raise CheckpointError("corrupt pickle: unpickler and scanner disagree on its length")
     return obj, end
