@@ -81,9 +81,9 @@ def read_keras_h5(path):
 
 def _read(h5py, h5, name, size):
     root, layout = h5, "save_weights"
-    if not _has_attr(h5, "layer_names") and _link_kind(h5py, h5, "model_weights") == "group":
+    if not _has_names(h5, "layer_names") and _link_kind(h5py, h5, "model_weights") == "group":
         root, layout = h5["model_weights"], "full model"          # keras_model.save
-    if not _has_attr(root, "layer_names"):
+    if not _has_names(root, "layer_names"):
         top = ", ".join(sorted(k[:40] for k in list(h5.keys())[:8])) or "nothing"
         raise WeightsFileError(f"{name} is an HDF5 file but not Keras weights (no layer_names attribute; it holds "
                                f"{top})")
@@ -131,6 +131,10 @@ def _has_attr(obj, attr):
         return attr in obj.attrs
     except (OSError, RuntimeError, KeyError):
         return False
+
+
+def _has_names(obj, attr):
+    return _has_attr(obj, attr) or _has_attr(obj, f"{attr}0")            # whole, or split in chunks
 
 
 def _link_kind(h5py, group, name):

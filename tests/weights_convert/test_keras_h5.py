@@ -284,3 +284,19 @@ def test_edited_names_and_shapes_of_a_real_file_are_one_line_errors(r50, tmp_pat
         read_matterport(path)
     assert "\n" not in str(e.value)
     os.unlink(path)
+
+
+@pytest.mark.parametrize("form", ["chunked", "vlen"])
+def test_name_attributes_in_the_other_forms_keras_and_h5py_write(tmp_path, form):
+    """Keras splits an attribute too long for an object header into name0, name1, ... (saving.py); h5py >= 3 and
+    tf.keras write str lists as variable-length strings. Both read: the error then names the layers it found."""
+    path = _write_keras(tmp_path / f"{form}.h5", _dense("dense_1", "dense_2", "dense_3"))
+    with h5py.File(path, "a") as f:
+        del f.attrs["layer_names"]
+        if form == "chunked":
+            f.attrs["layer_names0"] = np.array([b"dense_1", b"dense_2"])
+            f.attrs["layer_names1"] = np.array([b"dense_3"])
+        else:
+            f.attrs["layer_names"] = ["dense_1", "dense_2", "dense_3"]
+            f["dense_2"].attrs["weight_names"] = ["dense_2/kernel:0", "dense_2/bias:0"]
+    _one_line_error(path, "a Keras model with layers dense_1, dense_2, dense_3 — not matterport")
