@@ -37,7 +37,7 @@ from minimaskrcnn.trace import Trace, save_trace
 from .compare import DEFAULT_TOLERANCES, compare_traces
 from .onnx_graph import read_graph, transform_sizes
 from .onnx_run import image_fits, run_onnx, stage_arrays
-from .onnx_weights import check_weights, infer_onnx_config, recover_state_dict
+from .onnx_weights import check_weights, infer_onnx_config, read_original, recover_state_dict
 
 
 @dataclass
@@ -150,9 +150,8 @@ def save_onnx_trace(report: Report, image: str, path, compress: bool = False) ->
 
 
 def _weights_row(rec, weights) -> StageRow:
-    from minimaskrcnn.weights import load_weights
-    cfg0, sd0 = load_weights(weights)
-    checks = check_weights(rec, sd0, cfg0.bn_eps)
+    sd0, eps = read_original(weights)
+    checks = check_weights(rec, sd0, eps)
     bad = [c for c in checks if not c.ok]
     folded = sum(c.how.startswith(("BN", "Frozen")) for c in checks)
     worst = max((c.max_abs for c in checks), default=0.0)
@@ -194,13 +193,16 @@ def stage_rows(image: str, model: MaskRCNN, x: np.ndarray, t: dict, tol: dict) -
             return
         compare(stage, what, ours, theirs)
 
-    size = tuple(int(v) for v in t.get("image_size", transform.preprocess(x, cfg)[1]))
+    ours_x, ours_size = transform.preprocess(x, cfg)                        # (3, Hp, Wp), resized (h, w)
+    size = tuple(int(v) for v in t.get("image_size", ours_size))            # the export's resized size
     levels = cfg.returned_layers + (cfg.returned_layers[-1] + 1,)
     c_names, p_names = [f"C{l + 1}" for l in cfg.returned_layers], [f"P{l + 1}" for l in levels]
     c_onnx, p_onnx = [t[n] for n in c_names if n in t], [t[n] for n in p_names if n in t]
 
+    run("image_size", "resized (h, w): minimaskrcnn's resize rule (facts §1) against the export's resize", ["image_size"],
+        lambda: ({"image_size": np.array(ours_size, np.int64)}, {"image_size": t["image_size"]}))
     run("normalized", "minimaskrcnn's transform on the image", ["normalized"],
-        lambda: ({"normalized": transform.preprocess(x, cfg)[0]}, {"normalized": t["normalized"]}))
+        lambda: ({"normalized": ours_x}, {"normalized": t["normalized"]}))
     if "normalized" in t and c_onnx:
         try:
             ours_c = backbone.backbone_forward(w.backbone, t["normalized"])
@@ -258,7 +260,7 @@ def stage_rows(image: str, model: MaskRCNN, x: np.ndarray, t: dict, tol: dict) -
         return ours, {k: t[k] for k in ours}
     for n in ("boxes", "scores"):
         run(n, "minimaskrcnn's box post-processing on the export's logits, deltas and proposals",
-            ["class_logits", "box_deltas", "proposals", "boxes", "scores", "labels"], lambda n=n: _keep(detections(), n))
+            ["class_logits", "box_deltas", "proposals", "boxes", "scores", "labels"], detections)
     if full_p:
         run("mask_features", "minimaskrcnn's RoIAlign on the export's P maps and detections",
             ["boxes", "mask_features"],
@@ -292,11 +294,6 @@ def _raise(value):
 def _only(pair, key):
     ours, theirs = pair
     return {key: ours[key]}, {key: theirs[key]}
-
-
-def _keep(pair, key):
-    """The detection set (boxes, scores, labels) for the `boxes` row; scores along the matched pairs for `scores`."""
-    return pair
 
 
 def report_json(report: Report) -> str:

@@ -238,3 +238,15 @@ def _upstream_op(g: Graph, tensor: str, ops: tuple, depth: int):
             return node.op_type
         tensor = node.input[0]
     return None
+
+
+def cell_anchors(g: Graph) -> list:
+    """The per-level base anchors (A, 4) as x1, y1, x2, y2 around (0, 0), finest level first: the constant operand
+    of each Add in `rpn.anchor_generator` (torchvision AnchorGenerator.grid_anchors: shifts + base anchors)."""
+    found = []
+    for node in g.nodes_in("rpn.anchor_generator", "Add"):
+        for i in node.input:
+            v = g.constant(i) if g.is_constant(i) else None
+            if v is not None and v.dtype.kind == "f" and v.ndim >= 2 and v.shape[-1] == 4 and v.size > 4:
+                found.append(v.reshape(-1, 4))
+    return found

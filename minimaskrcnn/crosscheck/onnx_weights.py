@@ -28,7 +28,7 @@ import numpy as np
 from minimaskrcnn.config import Config
 from minimaskrcnn.nn.convolution import fold_batchnorm
 
-from .onnx_graph import Graph, scope, transform_sizes
+from .onnx_graph import Graph, cell_anchors, scope, transform_sizes
 
 U = 2.0 ** -24          # unit roundoff of float32 (half an ulp of 1): the bound of one correctly rounded operation
 
@@ -143,7 +143,9 @@ def _fold(g: Graph, node, module: str, w, b, rec: Recovered):
 
 def infer_onnx_config(g: Graph, rec: Recovered) -> Config:
     """The Config of the export: the architecture from its state dict (`weights_convert.infer_config`), the
-    transform's min_size / max_size from the graph's constants, bn_eps 0 (every BatchNorm here is the identity)."""
+    transform's min_size / max_size and the anchor sizes from the graph's constants, bn_eps 0 (every BatchNorm here
+    is the identity). The anchor sizes are the widths of each level's square base anchors (aspect ratio 1:
+    torchvision rounds w = size * sqrt(1/1) to itself); the aspect ratios are torchvision's when their count fits."""
     from weights_convert.errors import CheckpointError
     from weights_convert.infer import infer_config
     from weights_convert.layout import check_state_dict
@@ -151,6 +153,14 @@ def infer_onnx_config(g: Graph, rec: Recovered) -> Config:
     base = Config(bn_eps=0.0)
     if "min_size" in sizes and "max_size" in sizes:
         base = base.replace(min_size=int(round(sizes["min_size"])), max_size=int(round(sizes["max_size"])))
+    cells = cell_anchors(g)
+    if cells:
+        per_level = tuple(tuple(int(round(a[2] - a[0])) for a in c if a[2] - a[0] == a[3] - a[1]) for c in cells)
+        if all(per_level) and all(len(c) == len(p) * len(base.aspect_ratios) for c, p in zip(cells, per_level)):
+            base = base.replace(anchor_sizes=per_level)
+        else:
+            raise ValueError(f"{g.path}: base anchors of {[len(c) for c in cells]} per level do not follow "
+                             f"torchvision's aspect ratios {base.aspect_ratios}")
     try:
         cfg = infer_config(rec.state_dict, base)
         # a folded conv has a bias where torchvision's has none (load_conv accepts one before a BatchNorm)
@@ -240,3 +250,22 @@ def _check_frozen(rec, original, bn, eps) -> list:
                     "FrozenBatchNorm2d scale, within 4U"),
             _within(f"{bn}.bias", rec.raw[f"{bn}.shift"], shift, 5 * U * np.abs(mean * scale) + 2 * U * np.abs(shift),
                     "FrozenBatchNorm2d shift, within 5U|mean s| + 2U|shift|")]
+
+
+def read_original(path) -> tuple[dict, float]:
+    """(state dict, BatchNorm eps) of the weights an export was made from: a converted `.npz` (its config's eps) or a
+    torchvision `.pth` read without torch (`weights_convert`; eps 0 for the COCO v1 checkpoints, else 1e-5, as
+    `weights_convert.default_bn_eps`). No Config is inferred: the architecture is the export's."""
+    import hashlib
+    from weights_convert import CheckpointError, default_bn_eps, legacy_renames, read_npz, read_state_dict
+    from weights_convert.reader import read_bytes
+    try:
+        if str(path).lower().endswith(".npz"):
+            cfg, sd = read_npz(path)
+            return dict(sd), cfg.bn_eps
+        data = read_bytes(path)
+        raw = read_state_dict(data)
+        return dict(legacy_renames(raw, getattr(raw, "_metadata", None))), \
+            default_bn_eps(hashlib.sha256(data).hexdigest())
+    except CheckpointError as e:
+        raise ValueError(f"--weights {path}: {' '.join(str(e).split())}") from None
