@@ -1,5 +1,6 @@
 """The matterport family in `weights_convert`: `.h5` / pytorch-mask-rcnn `.pth` -> (MatterportConfig, arrays) -> `.npz`.
 
+    read_matterport("mask_rcnn_coco.h5", config={"DETECTION_MIN_CONFIDENCE": 0.5})   (MatterportConfig, arrays)
     prepare_matterport("mask_rcnn_coco.h5")          Converted(config, {"conv1/kernel:0": ..., ...}, metadata)
     read_matterport_npz("mask_rcnn_coco.npz")        (MatterportConfig, arrays, metadata) of a converted file
 
@@ -7,6 +8,10 @@ The `.npz` is the format of `npz.py` with keys = Keras names and metadata "famil
 MatterportConfig as a dict, class names, bn_eps 1e-3 (mrcnn/model.py's BatchNorm is Keras' BatchNormalization, default
 epsilon=1e-3; torchvision's is 1e-5), and which layout the source had. `sniff` says what a file is, so that a
 TensorFlow checkpoint or graph given by mistake gets a one-line error that says what was expected.
+
+`read_matterport` is the interface the network loads from (`minimaskrcnn.matterport.model.load_matterport(config,
+arrays)`); it lives here, not under minimaskrcnn/matterport/, because it needs this package, which needs
+MatterportConfig: under matterport/ the two sub-packages would import each other (tests/test_layering.py).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import re
 
 import numpy as np
 
-import minimaskrcnn
+from minimaskrcnn._version import __version__
 from minimaskrcnn.matterport.config import MatterportConfig, MatterportConfigError
 
 from .errors import CheckpointError, WeightsFileError
@@ -112,7 +117,7 @@ def _converted(arrays, facts, evidence, info, overrides, class_names, source_nam
         "config": config.to_dict(), "num_classes": config.NUM_CLASSES, "class_names": list(config.class_names),
         "bn_eps": BN_EPS, "source_name": source_name, "source_sha256": sha256,
         "source_layout": info.get("layout"), "keras_version": info.get("keras_version"),
-        "converter_version": minimaskrcnn.__version__,
+        "converter_version": __version__,
     }
     return Converted(config, arrays, metadata)
 
@@ -153,3 +158,16 @@ def read_matterport_npz(path, *, overrides=None, class_names=None):
         raise WeightsFileError(f"{name}: metadata has no config")
     config = make_config(facts, evidence, overrides, class_names, base=meta["config"])
     return config, arrays, meta
+
+
+def read_matterport(path, config=None, class_names=None):
+    """(MatterportConfig, {"<layer>/<weight>": float32 array}) of a matterport `.h5`, pytorch-mask-rcnn `.pth` or a
+    `.npz` converted from either. What the weights fix (backbone depth, class count, FPN / head widths, pooling size,
+    anchors per location) is inferred; `config` ({matterport attribute: value}) overrides matterport's defaults for
+    the rest, and an override that contradicts the file is an error naming both values; `class_names` (with or
+    without "BG") replace the default names (matterport's COCO order for 81 classes, else "class_1", ...)."""
+    if sniff(path) == "npz":
+        cfg, arrays, _ = read_matterport_npz(path, overrides=config, class_names=class_names)
+        return cfg, arrays
+    arrays, facts, evidence, _ = read_source(path)
+    return make_config(facts, evidence, config, class_names), arrays

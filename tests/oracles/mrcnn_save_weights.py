@@ -3,8 +3,9 @@ with seeded random values, and save it as Keras does; dump what Keras reports fo
 
     python mrcnn_save_weights.py --out DIR --params '{"BACKBONE": "resnet50", "NUM_CLASSES": 4, "seed": 1, ...}'
 
-params: matterport Config attributes (upper case) for the model, plus "seed" and "full_save" (also write
-`keras_model.save`'s full-model file). Writes into DIR:
+params: matterport Config attributes (upper case) for the model, plus "seed", "full_save" (also write
+`keras_model.save`'s full-model file) and "mode" ("inference", default, or "training": the graph whose weights
+matterport's training loop checkpoints). Writes into DIR:
     weights.h5        keras_model.save_weights(...)
     full.h5           (full_save) keras_model.save(...), or if Keras cannot serialise the model, the same weights
                       copied under /model_weights with h5py, as a full save lays them out (reason in report.json)
@@ -26,6 +27,7 @@ args = p.parse_args()
 params = json.loads(args.params)
 seed = int(params.pop("seed", 0))
 full_save = bool(params.pop("full_save", False))
+mode = params.pop("mode", "inference")      # "training": the model matterport's ModelCheckpoint saves while training
 
 import h5py                        # noqa: E402
 import keras                       # noqa: E402
@@ -47,7 +49,7 @@ class OracleConfig(Config):
 for key, value in params.items():
     setattr(OracleConfig, key, value)
 config = OracleConfig()
-model = modellib.MaskRCNN(mode="inference", config=config, model_dir=args.out)
+model = modellib.MaskRCNN(mode=mode, config=config, model_dir=args.out)
 km = model.keras_model
 
 rng = np.random.RandomState(seed)

@@ -15,20 +15,27 @@ from hypothesis import given, settings, strategies as st
 
 import matterport_oracle
 from minimaskrcnn.matterport.config import MATTERPORT_COCO_CLASS_NAMES
-from minimaskrcnn.matterport.weights import read_matterport
 from weights_convert import CheckpointError, convert
 from weights_convert.__main__ import main as weights_convert_main
 from weights_convert.keras_h5 import read_keras_h5
-from weights_convert.matterport_convert import read_matterport_npz
+from weights_convert.matterport_convert import read_matterport, read_matterport_npz
 
 R50 = {"BACKBONE": "resnet50", "NUM_CLASSES": 4, "TOP_DOWN_PYRAMID_SIZE": 128, "FPN_CLASSIF_FC_LAYERS_SIZE": 256,
        "POOL_SIZE": 5, "seed": 1, "full_save": True}
 R101 = {"BACKBONE": "resnet101", "NUM_CLASSES": 81, "seed": 2, "full_save": False}
+# the training graph, whose weights matterport's training loop checkpoints (what users' own models are saved from)
+TRAINING = {"BACKBONE": "resnet50", "NUM_CLASSES": 3, "seed": 3, "full_save": False, "mode": "training",
+            "IMAGE_MAX_DIM": 256, "IMAGE_MIN_DIM": 256}
 
 
 @pytest.fixture(scope="module")
 def r50():
     return matterport_oracle.cached_run("mrcnn_save_weights.py", R50, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def training():
+    return matterport_oracle.cached_run("mrcnn_save_weights.py", TRAINING, timeout=1800)
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +59,14 @@ def _assert_bitwise(ours, keras):
         assert got.tobytes() == expected.astype(np.float32).tobytes(), key
 
 
-@pytest.mark.parametrize("case, filename", [("r50", "weights.h5"), ("r50", "full.h5"), ("r101", "weights.h5")])
+@pytest.mark.parametrize("case, filename", [("r50", "weights.h5"), ("r50", "full.h5"), ("r101", "weights.h5"),
+                                            ("training", "weights.h5")])
 def test_every_weight_is_bitwise_what_keras_holds(case, filename, request):
     out = request.getfixturevalue(case)
     keras, report = _keras_arrays(out)
     arrays, facts, _, info = read_keras_h5(out / filename)
     _assert_bitwise(arrays, keras)
-    params = R50 if case == "r50" else R101
+    params = {"r50": R50, "r101": R101, "training": TRAINING}[case]
     assert facts["BACKBONE"] == params["BACKBONE"] and facts["NUM_CLASSES"] == params["NUM_CLASSES"]
     assert facts["TOP_DOWN_PYRAMID_SIZE"] == params.get("TOP_DOWN_PYRAMID_SIZE", 256)
     assert facts["FPN_CLASSIF_FC_LAYERS_SIZE"] == params.get("FPN_CLASSIF_FC_LAYERS_SIZE", 1024)
