@@ -199,7 +199,8 @@ def stage_rows(image: str, model: MaskRCNN, x: np.ndarray, t: dict, tol: dict) -
     c_names, p_names = [f"C{l + 1}" for l in cfg.returned_layers], [f"P{l + 1}" for l in levels]
     c_onnx, p_onnx = [t[n] for n in c_names if n in t], [t[n] for n in p_names if n in t]
 
-    run("image_size", "resized (h, w): minimaskrcnn's resize rule (facts §1) against the export's resize", ["image_size"],
+    run("image_size", "resized (h, w): minimaskrcnn's resize rule (facts §1) against the export's resize",
+        ["image_size"],
         lambda: ({"image_size": np.array(ours_size, np.int64)}, {"image_size": t["image_size"]}))
     run("normalized", "minimaskrcnn's transform on the image", ["normalized"],
         lambda: ({"normalized": ours_x}, {"normalized": t["normalized"]}))
@@ -241,7 +242,8 @@ def stage_rows(image: str, model: MaskRCNN, x: np.ndarray, t: dict, tol: dict) -
     run("proposals", "minimaskrcnn's proposal selection on the export's RPN outputs and anchors",
         ["objectness", "rpn_deltas", "anchors", "proposals"], proposals)
     if full_p:
-        run("box_features", "minimaskrcnn's RoIAlign on the export's P maps and proposals", ["proposals", "box_features"],
+        run("box_features", "minimaskrcnn's RoIAlign on the export's P maps and proposals",
+            ["proposals", "box_features"],
             lambda: ({"box_features": ops.multiscale_roi_align(p_onnx[:-1], t["proposals"], size, cfg.box_roi_size,
                                                                cfg.sampling_ratio)},
                      {"box_features": t["box_features"]}))

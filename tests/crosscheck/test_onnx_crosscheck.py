@@ -1,9 +1,8 @@
 """`crosscheck` on real torchvision exports: weights mapped exactly, clean exports pass, broken ones are caught at
 the stage that was broken.
 
-Exports (torch.onnx.export, the TorchScript exporter: `dynamo=False`) of calibrated random-weight models
-(tests/tv_models.py, facts §10.3) at 320x320 with min_size = max_size = 320, cached on disk keyed by the weights'
-bytes, architecture, opset, input mode and the torch/torchvision versions. Cases, to cover the matrix at small cost:
+Exports of calibrated random-weight models come from tests/onnx_exports.py (cached on disk). Cases, to cover the
+matrix at small cost:
   * maskrcnn_resnet50_fpn (v1), opset 11, fixed input size: the issue's case;
   * fasterrcnn_resnet50_fpn_v2, opset 20 (the newest the TorchScript exporter supports in torch 2.14:
     `torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET`), dynamic height and width;
@@ -15,136 +14,18 @@ mechanism (every stage fed the export's own input of that stage) is general, not
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import warnings
 
 import numpy as np
 import pytest
 
 import oracle
 import tv_models
+from onnx_exports import SMALL, SIZE, V1, V2_FASTER, bypass, edit, exported, nms_constant, node, onnx_or_fail, set_ints
 from minimaskrcnn.crosscheck import onnx_weights
 from minimaskrcnn.crosscheck.onnx import crosscheck, load_export, report_json, save_onnx_trace
 from minimaskrcnn.crosscheck.onnx_graph import read_graph, scope
 from minimaskrcnn.trace import load_trace
-
-SIZE = 320
-EXPORT_DIR = tv_models.CACHE_DIR / "onnx-exports"
-V1 = ("maskrcnn_resnet50_fpn", 11, False, 0)
-V2_FASTER = ("fasterrcnn_resnet50_fpn_v2", 20, True, 1)
-SMALL = (tv_models.SMALL_ARCH, 11, False, 1)
-
-
-def _onnx():
-    try:
-        import onnx
-        import onnxruntime  # noqa: F401
-    except ImportError as e:    # the oracle runtime: missing means FAIL, never skip
-        pytest.fail(f"onnx / onnxruntime cannot be imported: {e}. Install with: pip install '.[test]'", pytrace=False)
-    return onnx
-
-
-class Export:
-    def __init__(self, path, weights, image, state_dict):
-        self.path, self.weights, self.image, self.state_dict = path, weights, image, state_dict
-
-
-_EXPORTS = {}
-
-
-def exported(case) -> Export:
-    """The cached export of case (arch, opset, dynamic, seed) and its original weights as a torch .pth."""
-    if case in _EXPORTS:
-        return _EXPORTS[case]
-    _onnx()
-    arch, opset, dynamic, seed = case
-    torch, tv = oracle.torch(), oracle.torchvision()
-    image = tv_models.structured_image(SIZE, SIZE, seed)
-    model = tv_models.calibrated_model(arch, image, seed, min_size=SIZE, max_size=SIZE)
-    sd = tv_models.state_dict_numpy(model)
-    h = hashlib.sha256(json.dumps([arch, opset, dynamic, SIZE, torch.__version__, tv.__version__]).encode())
-    for k, v in sd.items():
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(v).tobytes())
-    stem = EXPORT_DIR / f"{arch}-opset{opset}-{'dynamic' if dynamic else 'fixed'}-{h.hexdigest()[:20]}"
-    path, weights = stem.with_suffix(".onnx"), stem.with_suffix(".pth")
-    if not (path.exists() and weights.exists()):
-        EXPORT_DIR.mkdir(parents=True, exist_ok=True)
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        tmp = stem.with_suffix(f".{os.getpid()}.tmp")
-        axes = {"images": {1: "height", 2: "width"}} if dynamic else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")          # the exporter's TracerWarnings
-            torch.onnx.export(model, ([x],), str(tmp), opset_version=opset, dynamo=False, input_names=["images"],
-                              dynamic_axes=axes)
-        torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, str(tmp) + ".pth")
-        os.replace(str(tmp) + ".pth", weights)
-        os.replace(tmp, path)                        # atomic: parallel sessions never read half a file
-    _EXPORTS[case] = Export(path, weights, image, sd)
-    return _EXPORTS[case]
-
-
-# --- a general graph-editing helper --------------------------------------------------------------------------------
-
-def all_nodes(graph):
-    """Every node of `graph` and of its subgraphs (If branches, Loop bodies), with the graph that holds it."""
-    for node in graph.node:
-        yield graph, node
-        for a in node.attribute:
-            if a.g.node:
-                yield from all_nodes(a.g)
-
-
-def edit(export: Export, tmp_path, change, name="edited.onnx"):
-    """A copy of the export with `change(model)` applied (in place on the ModelProto)."""
-    onnx = _onnx()
-    model = onnx.load(str(export.path))
-    change(model)
-    out = tmp_path / name
-    onnx.save(model, str(out))
-    return out
-
-
-def node(model, module, op):
-    """The first top-level node of type `op` inside module `module` (state-dict path)."""
-    return next(n for n in model.graph.node if scope(n.name) == module and n.op_type == op)
-
-
-def set_ints(n, attr, values):
-    a = next(a for a in n.attribute if a.name == attr)
-    del a.ints[:]
-    a.ints.extend(values)
-
-
-def bypass(model, n):
-    """Remove node `n`: whoever read its output reads its first input instead (e.g. an activation removed)."""
-    for _, m in all_nodes(model.graph):
-        for i, name in enumerate(m.input):
-            if name == n.output[0]:
-                m.input[i] = n.input[0]
-    model.graph.node.remove(n)
-
-
-def nms_constant(model, consumer_module, index, value):
-    """Set input `index` (3 = IoU threshold) of the NonMaxSuppression inside the If whose output `consumer_module`
-    reads (torchvision's batched_nms under tracing) to `value`."""
-    from onnx import numpy_helper
-    outer = {o: m for m in model.graph.node for o in m.output}
-    for m in model.graph.node:
-        if m.op_type != "If" or not any(scope(c.name).startswith(consumer_module) for c in model.graph.node
-                                        if m.output[0] in c.input):
-            continue
-        for a in m.attribute:
-            for graph, n in all_nodes(a.g):
-                if n.op_type == "NonMaxSuppression":
-                    producers = {o: c for c in graph.node for o in c.output} | outer
-                    const = producers[n.input[index]]
-                    old = numpy_helper.to_array(const.attribute[0].t)
-                    const.attribute[0].t.CopyFrom(numpy_helper.from_array(np.full_like(old, value)))
-                    return
-    raise AssertionError(f"no NMS read by {consumer_module}")
 
 
 # --- weights -------------------------------------------------------------------------------------------------------
@@ -153,7 +34,7 @@ def nms_constant(model, consumer_module, index, value):
 def test_weights_are_mapped_exactly(case):
     """Every original tensor is found: unfolded ones bitwise, BN-folded ones within the derived float32 bound."""
     export = exported(case)
-    g, rec, cfg, _ = load_export(export.path)
+    _, rec, _, _ = load_export(export.path)
     eps = 1e-5      # torchvision's BatchNorm2d / FrozenBatchNorm2d default: what these models were built with
     checks = onnx_weights.check_weights(rec, export.state_dict, eps)
     assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok][:5]
@@ -167,7 +48,7 @@ def test_weights_are_mapped_exactly(case):
 
 def test_perturbed_weights_are_named(tmp_path):
     """One ulp in an unfolded initializer, eight in a folded one (beyond the 6U bound): exactly those keys fail."""
-    onnx = _onnx()
+    onnx = onnx_or_fail()
     from onnx import numpy_helper
     export = exported(SMALL)
     g = read_graph(export.path)
