@@ -308,3 +308,14 @@ def test_name_attributes_in_the_other_forms_keras_and_h5py_write(tmp_path, form)
             f.attrs["layer_names"] = ["dense_1", "dense_2", "dense_3"]
             f["dense_2"].attrs["weight_names"] = ["dense_2/kernel:0", "dense_2/bias:0"]
     _one_line_error(path, "a Keras model with layers dense_1, dense_2, dense_3 — not matterport")
+
+
+def test_other_pytorch_checkpoints_are_told_apart(tmp_path):
+    import oracle
+    torch = oracle.torch()
+    torch.save({"backbone.body.conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "torchvision.pth")
+    _one_line_error(tmp_path / "torchvision.pth", "a PyTorch checkpoint but not pytorch-mask-rcnn's")
+    state = {"fpn.C1.0.weight": torch.zeros(64, 3, 7, 7), "rpn.conv_shared.weight": torch.zeros(512, 256, 3, 3),
+             "fpn.C6.0.weight": torch.zeros(1)}
+    torch.save(state, tmp_path / "odd.pth")
+    _one_line_error(tmp_path / "odd.pth", "odd.pth has keys pytorch-mask-rcnn's model does not: fpn.C6.0.weight")
