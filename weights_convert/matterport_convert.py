@@ -48,7 +48,7 @@ def sniff(path) -> str:
     if _TF_CHECKPOINT.search(name) or name == "checkpoint":
         raise WeightsFileError(f"{name} is a TensorFlow checkpoint (.index/.data-*/.ckpt/.meta), not Keras weights; "
                                f"{EXPECTED} — in matterport, model.keras_model.save_weights('model.h5') writes one")
-    if name.lower().endswith(".pb") or name == "saved_model.pb" or os.path.isdir(path):
+    if name.lower().endswith(".pb") or os.path.isfile(os.path.join(path, "saved_model.pb")):
         raise WeightsFileError(f"{name} is a TensorFlow graph or SavedModel, not Keras weights; {EXPECTED}")
     with open(path, "rb") as f:
         head = f.read(4096)

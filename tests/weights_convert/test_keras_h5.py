@@ -319,3 +319,9 @@ def test_other_pytorch_checkpoints_are_told_apart(tmp_path):
              "fpn.C6.0.weight": torch.zeros(1)}
     torch.save(state, tmp_path / "odd.pth")
     _one_line_error(tmp_path / "odd.pth", "odd.pth has keys pytorch-mask-rcnn's model does not: fpn.C6.0.weight")
+
+
+def test_a_saved_model_directory_is_named_as_such(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "saved_model.pb").write_bytes(b"\x08\x01")
+    _one_line_error(tmp_path / "export", "export is a TensorFlow graph or SavedModel, not Keras weights")
