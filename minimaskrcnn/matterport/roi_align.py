@@ -85,7 +85,7 @@ def _crop_and_resize_kernel(img, boxes, out):
             if crop_h > 1:
                 in_y = y1 * hm1 + np.float32(y) * hs
             else:
-                in_y = np.float32(0.5) * (y1 + y2) * hm1
+                in_y = np.float32(0.5 * np.float64(y1 + y2) * (height - 1))   # TF: a double 0.5 here
             if in_y < 0 or in_y > hm1:
                 out[b, y, :, :] = zero
                 continue
@@ -96,7 +96,7 @@ def _crop_and_resize_kernel(img, boxes, out):
                 if crop_w > 1:
                     in_x = x1 * wm1 + np.float32(x) * ws
                 else:
-                    in_x = np.float32(0.5) * (x1 + x2) * wm1
+                    in_x = np.float32(0.5 * np.float64(x1 + x2) * (width - 1))
                 if in_x < 0 or in_x > wm1:
                     out[b, y, x, :] = zero
                     continue
