@@ -1,10 +1,10 @@
-"""Benchmark minimaskrcnn against torchvision: `python benchmarks/bench.py [--threads 2] [--repeats 5]`.
-
-The same as `minimaskrcnn bench`; see minimaskrcnn/bench.py for the method.
-"""
+"""The benchmark of `minimaskrcnn bench`, runnable from a checkout: python benchmarks/bench.py [bench options]."""
+import os
 import sys
 
-from minimaskrcnn.bench import main
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from minimaskrcnn.cli.main import main  # noqa: E402  (after the path set-up, to run from a checkout)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -52,7 +52,8 @@ def main() -> int:
     import numpy as np
     import torch
     import torchvision
-    from minimaskrcnn import backbone, convolution, fpn
+    from minimaskrcnn.stages import backbone, fpn
+    from minimaskrcnn.nn import convolution
     from minimaskrcnn.config import MASKRCNN_RESNET50_FPN
 
     torch.set_num_threads(args.threads)

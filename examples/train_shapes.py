@@ -1,6 +1,6 @@
 """Train the shipped demo model on synthetic shapes with torchvision, export it for minimaskrcnn, evaluate both.
 
-    python examples/train_shapes.py                        # train (<= --minutes), export minimaskrcnn/data/...npz
+    python examples/train_shapes.py                        # train (<= --minutes), export minimaskrcnn/demo/data/...npz
     python examples/train_shapes.py --evaluate 200 --seed 1000          # evaluate the shipped .npz
     python examples/train_shapes.py --evaluate 200 --seed 1000 --weights /tmp/minimaskrcnn_shapes/shapes_maskrcnn.pth
 
@@ -16,13 +16,13 @@ small torchvision Mask R-CNN that minimaskrcnn's `Config` describes (`SHAPES_CON
   pixels of 256, which matters on 2 CPU cores; 500 proposals per level and 300 in all at test time.
 4,048,871 parameters, 8.2 MB as stored (float16 weights).
 
-Training data is `minimaskrcnn.shapes` with --seed (default 0): image i of step s is make_sample(seed, s * batch + i),
+Training data is `minimaskrcnn.demo.shapes` with --seed (default 0): image i of step s is make_sample(seed, s * batch + i),
 new images at every step, never repeated. Evaluation defaults to seed 1000, which training does not use unless
 told to. Optimiser: SGD with momentum, linear warm-up then cosine decay, scheduled on progress = max(step / --steps,
 elapsed / --minutes), so a run ends within --minutes whatever the machine (and, when --steps binds, is deterministic).
 On 2 idle cores a step of 4 images takes about 0.4-0.7 s; on a machine shared with other jobs, use --threads 1.
 
-The shipped minimaskrcnn/data/shapes_maskrcnn.npz came from
+The shipped minimaskrcnn/demo/data/shapes_maskrcnn.npz came from
     python examples/train_shapes.py --threads 1 --minutes 40 --steps 3000
 on a 2-core machine shared with other jobs: the time limit bound, at 1712 steps (6848 images); the default
 --steps 1800 gives about the same training, bound by steps (so deterministic) on an idle machine.
@@ -37,7 +37,7 @@ The float32 torch checkpoint (.pth) stays outside the package: --checkpoint, def
 
 Evaluation (--evaluate N): torchvision's model is rebuilt with `build_torchvision_model(config)` and loaded with the
 very arrays of the .npz cast to float32, so both implementations run identical weights; both segment the same N
-fresh images; printed: box and mask AP@0.5 of each (`minimaskrcnn.evaluate`) and the parity figures between them.
+fresh images; printed: box and mask AP@0.5 of each (`minimaskrcnn.crosscheck.evaluate`) and the parity figures between them.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from minimaskrcnn.config import Config  # noqa: E402
-from minimaskrcnn.shapes import CLASS_NAMES, make_sample  # noqa: E402
+from minimaskrcnn.demo.shapes import CLASS_NAMES, make_sample  # noqa: E402
 
 DEFAULT_OUT = ROOT / "minimaskrcnn" / "data" / "shapes_maskrcnn.npz"
 DEFAULT_CHECKPOINT = Path(tempfile.gettempdir()) / "minimaskrcnn_shapes" / "shapes_maskrcnn.pth"
@@ -234,10 +234,10 @@ def evaluate(weights, n: int, seed: int, threads: int = 2, log=print) -> dict:
 
     weights: a converted .npz, or a training .pth (exported to a temporary float32 .npz first, so that both
     implementations run the very same weights). Returns {"torchvision": {"box": APResult, "mask": APResult},
-    "minimaskrcnn": {...}, "parity": ParityStats, "seconds": {...}}.
+    "minimaskrcnn": {...}, "parity": MatchStats, "seconds": {...}}.
     """
     import minimaskrcnn
-    from minimaskrcnn.evaluate import average_precision, parity
+    from minimaskrcnn.crosscheck.evaluate import average_precision, parity
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:

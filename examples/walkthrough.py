@@ -8,7 +8,7 @@ following facts §10.3: BatchNorm statistics of the photo, head outputs rescaled
 flow through every stage exactly as trained weights' would, but what it "detects" means nothing, and the document
 says so. That needs torch and torchvision (the test dependencies); with --weights nothing but minimaskrcnn is needed.
 
-The pictures and their texts come from `minimaskrcnn.explain` (the `minimaskrcnn explain` command writes the same
+The pictures and their texts come from `minimaskrcnn.study.explain` (the `minimaskrcnn explain` command writes the same
 pictures with an index.html instead of Markdown).
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ Reproduces torchvision's `maskrcnn_resnet50_fpn` / `fasterrcnn_resnet50_fpn` (v1
     model = minimaskrcnn.load("maskrcnn_resnet50_fpn_coco")   # or a converted .npz, or a torchvision .pth
     det = model.predict("photo.jpg")                          # boxes, labels, scores, masks, class_names
 """
-__version__ = "0.1.0"
+from minimaskrcnn._version import __version__
 
 __all__ = ["load", "MaskRCNN", "Detections", "Config", "__version__"]
 
@@ -14,12 +14,12 @@ __all__ = ["load", "MaskRCNN", "Detections", "Config", "__version__"]
 def __getattr__(name):
     # Lazy, so that `minimaskrcnn --help` and `import minimaskrcnn.config` stay fast (no Numba import).
     if name in ("load", "MaskRCNN"):
-        from . import model
+        from minimaskrcnn import model
         return getattr(model, name)
     if name == "Detections":
-        from .detections import Detections
+        from minimaskrcnn.detections import Detections
         return Detections
     if name == "Config":
-        from .config import Config
+        from minimaskrcnn.config import Config
         return Config
     raise AttributeError(f"module 'minimaskrcnn' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """`python -m minimaskrcnn ...`: the command line (see `minimaskrcnn.cli`)."""
 import sys
 
-from .cli import main
+from minimaskrcnn.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,6 +3,8 @@
 Shape glossary
     N: number of detections (sorted by descending score)
     H, W: original image height and width (before the network's resize)
+
+`rank_order` and `binary_masks` are the two conventions every writer shares (render/, io/coco.py).
 """
 from __future__ import annotations
 
@@ -51,3 +53,29 @@ class Detections:
         items = [f"{n} {s:.2f}" for n, s in zip(self.label_names[:5], self.scores[:5])]
         more = ", ..." if len(self) > 5 else ""
         return head + (": " + ", ".join(items) + more if items else "") + ")"
+
+
+def rank_order(det) -> np.ndarray:
+    """(N,) detection indices by descending score, stable."""
+    return np.argsort(-np.asarray(det.scores, dtype=np.float64), kind="stable")
+
+
+def pixel_box(box, h: int, w: int) -> tuple:
+    """A box x1, y1, x2, y2 rounded outward to whole pixels and clipped to the image, at least one pixel."""
+    x1 = min(max(int(np.floor(box[0])), 0), w - 1)
+    y1 = min(max(int(np.floor(box[1])), 0), h - 1)
+    x2 = min(max(int(np.ceil(box[2])), x1 + 1), w)
+    y2 = min(max(int(np.ceil(box[3])), y1 + 1), h)
+    return x1, y1, x2, y2
+
+
+def binary_masks(det, mask_threshold: float = 0.5) -> np.ndarray:
+    """(N, H, W) bool: `masks >= mask_threshold`, or the rounded boxes for box-only detections."""
+    h, w = det.image_size
+    if det.masks is not None:
+        return np.asarray(det.masks) >= mask_threshold              # (N, H, W)
+    out = np.zeros((len(det), h, w), dtype=bool)                     # (N, H, W)
+    for i, box in enumerate(np.asarray(det.boxes)):
+        x1, y1, x2, y2 = pixel_box(box, h, w)
+        out[i, y1:y2, x1:x2] = True
+    return out

@@ -13,10 +13,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import backbone, fpn, heads, image_io, roi_heads, rpn, transform
-from .config import Config
-from .detections import Detections
-from .trace import Trace
+from minimaskrcnn.image import to_network_input
+from minimaskrcnn.config import Config
+from minimaskrcnn.detections import Detections
+from minimaskrcnn.stages import backbone, box_head, fpn, mask_head, rpn, transform
+from minimaskrcnn.trace import Trace
 
 
 @dataclass
@@ -32,8 +33,8 @@ class Weights:
     @classmethod
     def from_state_dict(cls, sd, cfg: Config) -> "Weights":
         """sd: torchvision state-dict names -> arrays (see weights_convert.layout for the full key list)."""
-        return cls(backbone.load_backbone(sd, cfg), fpn.load_fpn(sd, cfg), heads.load_rpn_head(sd, cfg),
-                   heads.load_box_head(sd, cfg), heads.load_mask_head(sd, cfg) if cfg.masks else None)
+        return cls(backbone.load_backbone(sd, cfg), fpn.load_fpn(sd, cfg), rpn.load_rpn_head(sd, cfg),
+                   box_head.load_box_head(sd, cfg), mask_head.load_mask_head(sd, cfg) if cfg.masks else None)
 
 
 class MaskRCNN:
@@ -50,7 +51,7 @@ class MaskRCNN:
         """Detect and segment the objects of `image`.
 
         image: an (H, W, 3) uint8 RGB array, an (H, W, 3) float array in [0, 1], a PIL image or a file path; or a
-            list of these (results equal predicting them one by one). See `image_io.read_image` for greyscale,
+            list of these (results equal predicting them one by one). See `minimaskrcnn.image.read_image` for greyscale,
             RGBA, palette, 16-bit and EXIF-rotated inputs.
         score_threshold: keep detections whose class probability is above it; default torchvision's 0.05.
         trace: also return the `Trace` of named intermediates and stage timings.
@@ -60,7 +61,7 @@ class MaskRCNN:
             return [self.predict(im, score_threshold, trace) for im in image]
         thresh = self.config.box_score_thresh if score_threshold is None else float(score_threshold)
         t = Trace(keep_arrays=trace)
-        detections = self._forward(image_io.to_network_input(image), thresh, t)   # (3, H, W) float32 in [0, 1]
+        detections = self._forward(to_network_input(image), thresh, t)   # (3, H, W) float32 in [0, 1]
         return (detections, t) if trace else detections
 
     def _forward(self, image, score_thresh: float, t: Trace) -> Detections:
@@ -79,12 +80,12 @@ class MaskRCNN:
             r = rpn.rpn_forward(w.rpn_head, p, x.shape[1:], size, cfg)
         t.record(**r._asdict())
         with t.timed("box_branch"):
-            b = roi_heads.box_forward(w.box_head, p, r.proposals, size, cfg, score_thresh)
+            b = box_head.box_forward(w.box_head, p, r.proposals, size, cfg, score_thresh)
         t.record(**b._asdict())
         masks = None
         if cfg.masks:
             with t.timed("mask_branch"):
-                m = roi_heads.mask_forward(w.mask_head, p, b.boxes, b.labels, size, cfg)
+                m = mask_head.mask_forward(w.mask_head, p, b.boxes, b.labels, size, cfg)
             t.record(**m._asdict())
         with t.timed("postprocess"):
             boxes = transform.rescale_boxes(b.boxes, size, original_size)         # (D, 4) original pixels
@@ -100,6 +101,6 @@ def load(weights) -> MaskRCNN:
     Official names: maskrcnn_resnet50_fpn_coco, fasterrcnn_resnet50_fpn_coco and their _v2_ variants (downloaded once
     into $MINIMASKRCNN_HOME, default ~/.cache/minimaskrcnn).
     """
-    from . import hub
-    cfg, sd = hub.load_weights(weights)
+    from minimaskrcnn.weights import load_weights
+    cfg, sd = load_weights(weights)
     return MaskRCNN(cfg, Weights.from_state_dict(sd, cfg))

@@ -1,7 +1,7 @@
 """Slow, loop-by-loop float64 references for the kernels of `minimaskrcnn.layers`.
 
 Each function follows the definition of the operation directly (one output element or one kernel offset at a time),
-in float64, so the fast float32 kernels can be checked against it with an error bound (see tests/test_layers.py).
+in float64, so the fast float32 kernels can be checked against it with an error bound (see tests/nn/test_layers.py).
 Shape glossary as in `minimaskrcnn/layers.py`: C/C' in/out channels, N RoIs, H/W and H'/W' in/out sizes.
 """
 import math

@@ -47,7 +47,7 @@ ARCHS = TORCHVISION_ARCHS + (SMALL_ARCH,)
 TARGET_STDS = (("rpn.head.cls_logits", 1.5), ("rpn.head.bbox_pred", 0.15),
                ("roi_heads.box_predictor.cls_score", 2.5), ("roi_heads.box_predictor.bbox_pred", 0.5),
                ("roi_heads.mask_predictor.mask_fcn_logits", 3.0))
-# The stage-parity cases of tests/test_backbone_fpn.py and tests/test_heads.py: (architecture, image source, seed).
+# The stage-parity cases of tests/stages/test_backbone_fpn.py and tests/stages/test_heads.py: (architecture, image source, seed).
 # v2 has its own seed so that its body differs from v1's; the 4-class ResNet-18 model saturates its class scores with
 # seed 0 (one class wins everywhere), seed 1 passes the sanity checks.
 STAGE_CASES = (("maskrcnn_resnet50_fpn", "structured:480x640x0", 0), ("maskrcnn_resnet50_fpn", "dog.jpg", 0),

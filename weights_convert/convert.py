@@ -21,7 +21,7 @@ import os
 import re
 from pathlib import Path
 
-import minimaskrcnn
+from minimaskrcnn._version import __version__
 from minimaskrcnn.config import Config
 
 from .infer import default_class_names, infer_config
@@ -129,7 +129,7 @@ def prepare(src, *, bn_eps=None, class_names=None, overrides=None, source_name=N
         "bn_eps": config.bn_eps,
         "source_name": source_name,
         "source_sha256": sha256,
-        "converter_version": minimaskrcnn.__version__,
+        "converter_version": __version__,
     }
     return Converted(config, dict(state_dict), metadata)
 

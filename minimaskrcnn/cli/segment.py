@@ -1,0 +1,232 @@
+"""`minimaskrcnn segment` (images, folders, glob patterns) and `minimaskrcnn video` (frame by frame): the loops that
+run the model over a run's inputs and write every output (`render/`, `io/`).
+
+Every output is written atomically (`io.files`); an image that cannot be read or written is reported in one line and
+the run goes on with the others, ending with status 1.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from minimaskrcnn.cli.options import FORMATTER, JSON_NAME, PROG, UsageError, describe, positive
+from minimaskrcnn.cli.steps import class_list, detector, load_model, objects_line, prepare_outdir, summary
+
+SEGMENT_EPILOG = f"""outputs in OUTDIR, for an image named STEM.*:
+  STEM_overlay.png            masks, boxes and "label score" drawn on the image (always)
+  {JSON_NAME:<27} --json: all detections of the run in COCO results format (RLE masks); image ids
+                              are the file names' numbers when all are numbers (000000039769.png -> 39769),
+                              otherwise 1, 2, 3, ... in input order
+  STEM_<k>_<label>.png        --cutouts: object k (by descending score) cropped to its box, transparent
+                              outside its mask
+  STEM_semantic.png           --semantic: class id per pixel (0 = background), STEM_semantic_color.png a preview
+  STEM_instances.png          --instances: k per pixel for the k-th object by score (0 = background)
+Where objects overlap, the higher score wins. Two inputs with the same STEM get STEM-2, STEM-3, ...
+
+examples:
+  {PROG} segment photo.jpg -o out/
+  {PROG} segment photos/ -o out/ --recursive --json --semantic --score-threshold 0.7
+  {PROG} segment "shots/*.png" -o out/ --cutouts --classes person,car --weights my_model.npz"""
+
+VIDEO_EPILOG = f"""Animated GIF works out of the box; other formats need PyAV: pip install "minimaskrcnn[video]".
+Output format by extension: .mp4 .mkv .mov .m4v (H.264), .avi (MPEG-4), .webm (VP9), .gif.
+The output holds the processed frames at the input frame rate / N (--every N), so it plays in real time.
+
+examples:
+  {PROG} video street.avi -o street_masks.mp4
+  {PROG} video clip.mp4 -o clip.gif --every 3 --max-frames 300 --classes person
+  {PROG} video clip.mp4 -o clip_masks.mp4 --jsonl clip.jsonl   (one JSON line per frame, masks as COCO RLE)"""
+
+
+def add_commands(sub, general, model) -> None:
+    """The segment and video subparsers; `general` and `model` are the shared option parents (cli.options)."""
+    seg = sub.add_parser("segment", parents=[model, general], formatter_class=FORMATTER, epilog=SEGMENT_EPILOG,
+                         help="find and segment the objects of images",
+                         description="Detect and segment objects in images, folders of images and glob patterns.")
+    seg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, glob patterns")
+    seg.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
+    seg.add_argument("--recursive", "-r", action="store_true", help="also images in subfolders; ** in patterns")
+    seg.add_argument("--json", action="store_true", help=f"write OUTDIR/{JSON_NAME} (COCO results format)")
+    seg.add_argument("--cutouts", action="store_true", help="each object as a transparent PNG cropped to its box")
+    seg.add_argument("--semantic", action="store_true", help="class-id map PNG and a colour preview")
+    seg.add_argument("--instances", action="store_true", help="instance-id map PNG")
+    seg.set_defaults(func=cmd_segment)
+
+    vid = sub.add_parser("video", parents=[model, general], formatter_class=FORMATTER, epilog=VIDEO_EPILOG,
+                         help="overlay video of the objects of a video, frame by frame",
+                         description="Detect and segment objects frame by frame into an overlay video.")
+    vid.add_argument("input", metavar="IN", help="video file (.gif, or any format FFmpeg reads with the video extra)")
+    vid.add_argument("-o", "--output", required=True, metavar="OUT", help="output video file")
+    vid.add_argument("--every", type=positive, default=1, metavar="N", help="process every N-th frame (default 1)")
+    vid.add_argument("--max-frames", type=positive, metavar="N", help="read only the first N frames of the input")
+    vid.add_argument("--jsonl", metavar="FILE", help="per-frame detections as JSON lines (frame, time, detections)")
+    vid.set_defaults(func=cmd_video)
+
+
+def cmd_segment(args) -> int:
+    wanted = class_list(args.classes)
+    outdir = prepare_outdir(args.output)
+    from minimaskrcnn.image import read_image
+    from minimaskrcnn.io.images import find_images
+    inputs, problems = find_images(args.inputs, args.recursive)
+    for item, why in problems:
+        print(f"{PROG}: error: {item}: {why}", file=sys.stderr)
+    if not inputs:
+        return 2                                                     # nothing to do: each input's problem is said
+
+    from minimaskrcnn.atomic import protect
+    from minimaskrcnn.cli.progress import Progress
+    from minimaskrcnn.io import coco, files
+
+    model, keep = load_model(args.weights, wanted)
+    detect = detector(model, args.score_threshold, keep)
+    protected = protect(inputs)
+    ids, stems = coco.assign_image_ids(inputs), files.output_stems(inputs)
+    results, objects, seconds, failures = [], Counter(), [], len(problems)
+    with Progress(len(inputs), "images", enabled=None if not args.quiet else False) as bar:
+        for path, stem, image_id in zip(inputs, stems, ids):
+            try:
+                t0 = time.perf_counter()
+                image = read_image(path)
+                det = detect(image)
+                seconds.append(time.perf_counter() - t0)
+                _write_image_outputs(args, outdir, stem, image, det, protected)
+                if args.json:
+                    results.extend(coco.coco_results(det, image_id, os.path.basename(path), args.mask_threshold))
+                objects.update(det.label_names)
+            except (ValueError, OSError) as e:                       # unreadable image, unwritable output
+                failures += 1
+                bar.write(f"{PROG}: error: {describe(e)}")
+            bar.update()
+    if args.json:
+        files.write_json(results, os.path.join(outdir, JSON_NAME), protected)
+    done = len(seconds)
+    mean = f"; {sum(seconds) / done:.2f} s per image" if done else ""
+    summary([f"{done} of {len(inputs) + len(problems)} inputs done, {failures} failed{mean}",
+              objects_line(objects), f"outputs in {outdir}"], args.quiet)
+    return 1 if failures else 0
+
+
+def _write_image_outputs(args, outdir: str, stem: str, image, det, protected) -> None:
+    from minimaskrcnn.io.files import write_png
+    from minimaskrcnn.render import cutouts, labelmaps, overlay
+    t = args.mask_threshold
+
+    def path(kind: str) -> str:
+        return os.path.join(outdir, f"{stem}_{kind}.png")
+
+    write_png(overlay.render_overlay(image, det, t), path("overlay"), protected)
+    if args.cutouts:
+        cutouts.write_cutouts(outdir, stem, image, det, t, protected)
+    if args.semantic:
+        sem = labelmaps.semantic_map(det, t)
+        write_png(sem, path("semantic"), protected)
+        write_png(labelmaps.colorize(sem, len(det.class_names)), path("semantic_color"), protected)
+    if args.instances:
+        write_png(labelmaps.instance_map(det, t), path("instances"), protected)
+
+
+def cmd_video(args) -> int:
+    from minimaskrcnn.atomic import protect
+    from minimaskrcnn.cli.progress import Progress
+    from minimaskrcnn.io import video
+
+    wanted = class_list(args.classes)
+    try:
+        video.check_support(args.input, args.output)                 # a missing PyAV is an ImportError: status 1
+    except ValueError as e:                                          # unknown output format: a usage error
+        raise UsageError(str(e)) from None
+    if not os.path.isfile(args.input):
+        raise video.VideoReadError(f"{args.input}: {'is a directory' if os.path.isdir(args.input) else 'no such file'}")
+    if os.path.realpath(args.input) in {os.path.realpath(p) for p in (args.output, args.jsonl) if p}:
+        raise UsageError(f"{args.input}: refusing to overwrite the input video")
+    if args.jsonl and os.path.realpath(args.jsonl) == os.path.realpath(args.output):
+        raise UsageError(f"{args.jsonl}: the JSON lines file and the output video must differ")
+    for target in filter(None, (args.output, args.jsonl)):
+        prepare_outdir(os.path.dirname(os.path.abspath(target)))
+    model, keep = load_model(args.weights, wanted)
+    detect = detector(model, args.score_threshold, keep)
+    with Progress(None, "frames", enabled=None if not args.quiet else False) as bar:
+        s = segment_video(detect, args.input, args.output, every=args.every, max_frames=args.max_frames,
+                          jsonl=args.jsonl, mask_threshold=args.mask_threshold, progress=bar,
+                          protected=protect([args.input]))
+    mean = s.seconds_detecting / s.frames_processed
+    summary([f"{s.frames_processed} frames processed of {s.frames_read} read; {mean:.2f} s per frame",
+              objects_line(s.objects) + " (summed over frames)",
+              "outputs: " + ", ".join(filter(None, (args.output, args.jsonl)))], args.quiet)
+    return 0
+
+
+@dataclass
+class VideoSummary:
+    frames_read: int = 0
+    frames_processed: int = 0
+    seconds_detecting: float = 0.0
+    objects: Counter = field(default_factory=Counter)
+
+
+def segment_video(detect: Callable, src, dst, *, every: int = 1, max_frames: Optional[int] = None, jsonl=None,
+                  mask_threshold: float = 0.5, progress=None, protected=frozenset()) -> VideoSummary:
+    """Run `detect((H, W, 3) uint8) -> Detections` on the selected frames of `src` and write the overlays to `dst`
+    (and one JSON line per processed frame to `jsonl`: frame index, time in seconds, detections with RLE masks).
+    Outputs appear only when the whole video is done (atomic rename); `progress` is an optional `Progress` whose
+    total is set here when the container knows its length."""
+    from minimaskrcnn.atomic import atomic_path
+    from minimaskrcnn.io.video import VideoReadError, VideoWriter, open_video
+    from minimaskrcnn.render.overlay import render_overlay
+    if every < 1 or (max_frames is not None and max_frames < 1):
+        raise ValueError("every and max_frames must be positive")
+    info, frames = open_video(src)
+    if progress is not None:
+        progress.total = expected_frames(info, every, max_frames)
+    summary = VideoSummary()
+    jsonl_path = atomic_path(jsonl, protected) if jsonl is not None else contextlib.nullcontext()
+    try:
+        with atomic_path(dst, protected) as tmp_video, jsonl_path as tmp_jsonl, \
+                _open_or_none(tmp_jsonl) as lines, VideoWriter(tmp_video, info.fps / every) as writer:
+            for frame in frames:
+                if max_frames is not None and frame.index >= max_frames:
+                    break
+                summary.frames_read += 1
+                if frame.index % every:
+                    writer.extend_last(frame.duration)               # a skipped frame: the kept one lasts longer
+                    continue
+                t0 = time.perf_counter()
+                det = detect(frame.image)
+                summary.seconds_detecting += time.perf_counter() - t0
+                summary.frames_processed += 1
+                summary.objects.update(det.label_names)
+                writer.write(render_overlay(frame.image, det, mask_threshold), duration=frame.duration)
+                if lines is not None:
+                    lines.write(json.dumps(_frame_record(frame, det, mask_threshold)) + "\n")
+                if progress is not None:
+                    progress.update()
+            if summary.frames_processed == 0:
+                raise VideoReadError(f"{src}: no frames decoded")
+    finally:
+        frames.close()                                               # releases the decoder when stopped early
+    return summary
+
+
+def _open_or_none(path):
+    return open(path, "w", encoding="utf-8") if path is not None else contextlib.nullcontext()
+
+
+def _frame_record(frame, det, mask_threshold: float) -> dict:
+    from minimaskrcnn.io.coco import coco_results
+    entries = coco_results(det, image_id=frame.index, mask_threshold=mask_threshold)
+    names = [det.class_names[e["category_id"]] for e in entries]
+    dets = [{"label": n, **{k: v for k, v in e.items() if k != "image_id"}} for n, e in zip(names, entries)]
+    return {"frame": frame.index, "time": round(frame.time, 6), "detections": dets}
+
+
+def expected_frames(info, every: int, max_frames: Optional[int]) -> Optional[int]:
+    """How many frames `segment_video` will process, when the container knows its frame count."""
+    n = info.frame_count if max_frames is None else min(info.frame_count or max_frames, max_frames)
+    return None if not n else (n + every - 1) // every

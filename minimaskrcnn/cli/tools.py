@@ -1,0 +1,89 @@
+"""`minimaskrcnn demo` (the built-in shapes model, offline) and `minimaskrcnn bench` (speed against torchvision).
+
+Like the rest of the CLI, heavy modules are imported inside the command functions, after `--threads` is applied.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+from minimaskrcnn.cli.options import FORMATTER, JSON_NAME, PROG, UsageError, fraction, positive, sizes
+from minimaskrcnn.cli.steps import objects_line, prepare_outdir, summary
+
+
+def add_commands(sub, general) -> None:
+    """The demo and bench subparsers; `general` is the shared option parent (cli.options)."""
+    demo = sub.add_parser("demo", parents=[general], formatter_class=FORMATTER, epilog=DEMO_EPILOG,
+                          help="segment synthetic shapes with the built-in model (offline, nothing to download)",
+                          description="Draw synthetic images of circles, squares and triangles and segment them with "
+                                      "the small model that ships with minimaskrcnn.")
+    demo.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
+    demo.add_argument("--n", type=positive, default=4, metavar="N", help="number of images (default 4)")
+    demo.add_argument("--seed", type=int, default=1, metavar="S",
+                      help="which images: generator set S (default 1; set 0 is what the model was trained on)")
+    demo.add_argument("--score-threshold", type=fraction, default=0.5, metavar="S",
+                      help="keep objects whose score is above S (default 0.5)")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", parents=[general], formatter_class=FORMATTER,
+                           help="speed and memory against torchvision (needs torch and torchvision)",
+                           description="Run minimaskrcnn and torchvision with the same weights, threads and images, "
+                                       "alternately, and print latencies, ratios, stages, memory and start-up costs.",
+                           epilog=f"examples:\n  {PROG} bench\n  {PROG} bench --threads 1 --sizes 480x640 --repeats 9")
+    bench.add_argument("--repeats", type=positive, default=5, metavar="N",
+                       help="timed runs of each, after one warm-up (default 5)")
+    bench.add_argument("--sizes", type=sizes, default=sizes("480x640,800x1333"), metavar="HxW,...",
+                       help="comma-separated input sizes (default 480x640,800x1333)")
+    bench.add_argument("--v2", action="store_true", help="benchmark maskrcnn_resnet50_fpn_v2")
+    bench.add_argument("--json", metavar="FILE", help="also write the raw results here")
+    bench.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    """Needs torch and torchvision (the peers); --threads defaults to all cores for both."""
+    from minimaskrcnn.crosscheck.bench import run
+    return run(args.sizes, args.threads or os.cpu_count(), args.repeats, v2=args.v2, json_path=args.json)
+
+
+# --- demo -------------------------------------------------------------------------------------------------------------
+
+DEMO_EPILOG = f"""The images come from minimaskrcnn.demo.shapes (seeded: the same S gives the same images everywhere); the
+model is minimaskrcnn/demo/data/shapes_maskrcnn.npz, a small Mask R-CNN trained on such images in torchvision
+(examples/train_shapes.py). Outputs in OUTDIR, for image K = 0..N-1:
+  shapes_S_K.png, shapes_S_K_overlay.png   the image, and the objects found drawn on it
+  {JSON_NAME:<41}all detections in COCO results format (image id K + 1)
+
+examples:
+  {PROG} demo -o demo/
+  {PROG} demo -o demo/ --n 8 --seed 3 --score-threshold 0.8"""
+
+
+def cmd_demo(args) -> int:
+    """Segment seeded synthetic shapes images with the shipped model; overlays and COCO JSON into OUTDIR."""
+    if args.seed < 0:
+        raise UsageError(f"--seed: expected an integer >= 0, got {args.seed}")
+    outdir = prepare_outdir(args.output)
+    import minimaskrcnn
+    from minimaskrcnn.io.coco import coco_results
+    from minimaskrcnn.io.files import write_json, write_png
+    from minimaskrcnn.render.overlay import render_overlay
+    from minimaskrcnn.demo import shapes
+
+    model = minimaskrcnn.load(shapes.shipped_model_path())
+    results, found, drawn, seconds = [], Counter(), Counter(), 0.0
+    for k in range(args.n):
+        sample = shapes.make_sample(args.seed, k)
+        t0 = time.perf_counter()
+        det = model.predict(sample.image, score_threshold=args.score_threshold)
+        seconds += time.perf_counter() - t0
+        stem = f"shapes_{args.seed}_{k}"
+        write_png(sample.image, os.path.join(outdir, f"{stem}.png"))
+        write_png(render_overlay(sample.image, det), os.path.join(outdir, f"{stem}_overlay.png"))
+        results.extend(coco_results(det, k + 1, f"{stem}.png"))
+        found.update(det.label_names)
+        drawn.update(shapes.CLASS_NAMES[label] for label in sample.labels)
+    write_json(results, os.path.join(outdir, JSON_NAME))
+    summary([f"{args.n} synthetic images segmented with the built-in shapes model; {seconds / args.n:.2f} s per image",
+              f"found {objects_line(found)}", f"drawn {objects_line(drawn)}", f"outputs in {outdir}"], args.quiet)
+    return 0

@@ -1,0 +1,220 @@
+"""Parity with torchvision: stage by stage (each stage fed torchvision's own inputs) and end to end.
+
+Protocol (issue 4, facts §10): a calibrated random torchvision model per (architecture, image), calibrated on the very
+image it is tested on, saved with torch.save, converted by weights_convert and loaded by minimaskrcnn.load. Stage
+tolerances are facts §10.4's; end-to-end criteria are the issue's:
+  >= 98% of detections matched (same label, box IoU > 0.99), matched boxes within 0.1 px, scores within 3e-3,
+  >= 95% of matched instances with binarized mask IoU >= 0.97.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings, strategies as st
+
+import oracle
+import tv_models
+from conftest import COCO_39769, IMAGES
+
+from minimaskrcnn import ops
+
+from minimaskrcnn.stages import backbone, box_head, fpn, mask_head, rpn, transform
+from minimaskrcnn.crosscheck.matching import match_detections
+from minimaskrcnn.crosscheck.torch_trace import torchvision_trace
+
+torch = oracle.torch()
+oracle.torchvision()
+
+MASK = "maskrcnn_resnet50_fpn"
+FASTER = "fasterrcnn_resnet50_fpn"
+
+
+def _image(source: str) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] for a case's image source."""
+    if source.startswith("structured:"):
+        h, w, seed = (int(v) for v in source.split(":")[1].split("x"))
+        return tv_models.structured_image(h, w, seed)
+    if source.startswith("coco:"):
+        return tv_models.load_photo(COCO_39769 / source.split(":", 1)[1])
+    return tv_models.load_photo(IMAGES / source)
+
+
+@functools.lru_cache(maxsize=None)
+def run_case(arch: str, source: str, tmp_root: str):
+    """Calibrate, capture torchvision's trace, convert the weights, run minimaskrcnn. Cached per session."""
+    import minimaskrcnn
+    from weights_convert import convert
+
+    image = _image(source)
+    model = tv_models.calibrated_model(arch, image)
+    report = tv_models.sanity_report(model, image)
+    pth = f"{tmp_root}/{arch}-{abs(hash(source))}.pth"
+    torch.save(model.state_dict(), pth)
+    ours = minimaskrcnn.load(convert(pth, pth.replace(".pth", ".npz")))
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))                     # (3, H, W)
+    torch.set_num_threads(2)     # pinned: torch's 1-thread bilinear kernel strays 5.2e-6 from the formula (assert_stages)
+    tv = torchvision_trace(model, chw)
+    det, trace = ours.predict(image, trace=True)
+    return ours, tv, det, trace, report
+
+
+@pytest.fixture(scope="module")
+def tmp_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("parity"))
+
+
+def rel_to_max(a, b) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def assert_end_to_end(tv, det, masks: bool):
+    stats = match_detections(tv["final_boxes"], tv["labels"], tv["scores"], det.boxes, det.labels, det.scores,
+                             tv.get("masks"), det.masks)
+    print(stats.summary())
+    assert len(tv["labels"]) > 0, "the reference produced no detection: the test would prove nothing"
+    assert stats.matched_fraction >= 0.98, stats.summary()
+    assert stats.max_box_diff <= 0.1, stats.summary()
+    assert stats.max_score_diff <= 3e-3, stats.summary()
+    if masks:
+        assert stats.fraction_masks_above(0.97) >= 0.95, stats.summary()
+
+
+def assert_stages(model, tv):
+    """Every stage fed torchvision's own inputs for that stage (facts §10.4 tolerances)."""
+    cfg, w = model.config, model.weights
+    size = tuple(int(v) for v in tv["image_size"])
+    # transform: normalize is bitwise (test_normalize_bitwise); the resized size is exact; the bilinear values are two
+    # float32 evaluations of the same 4-tap weighted sum that differ only in FMA contraction (ATen's AVX-512 kernel
+    # fuses, ours is its scalar kernel's order): each of the 7 roundings is <= 1/2 ulp of an intermediate bounded by
+    # max|x|, so the two differ by at most 4.5 ulp(max|x|); the bound below is 5 ulp. Measured: 3 to 4.3 ulp. torch's
+    # own single-thread kernel is 5.2e-6 (22 ulp) from its 2-thread one, so the reference is captured with 2 threads.
+    x, got_size = transform.preprocess(tv["image"], cfg)
+    assert tuple(got_size) == size and x.shape == tv["normalized"].shape
+    bound = 5 * np.spacing(np.abs(tv["normalized"]).max())
+    assert np.abs(x - tv["normalized"]).max() <= bound
+    # ResNet body and FPN, from torchvision's input / C maps: within 1e-3 of each map's max
+    c_names = [f"C{i}" for i in range(2, 6)]
+    p_names = [f"P{i}" for i in range(2, 7)]
+    measured = {}                                  # printed (pytest -s) for the README's table of worst cases
+    for name, got in zip(c_names, backbone.backbone_forward(w.backbone, tv["normalized"])):
+        measured[name] = rel_to_max(got, tv[name])
+        assert measured[name] <= 1e-3, name
+    pyramid = [tv[n] for n in p_names]
+    for name, got in zip(p_names, fpn.fpn_forward(w.fpn, [tv[n] for n in c_names])):
+        measured[name] = rel_to_max(got, tv[name])
+        assert measured[name] <= 1e-3, name
+    # RPN head from torchvision's P maps; anchors bitwise
+    objectness, deltas = rpn.rpn_head_forward(w.rpn_head, pyramid)
+    logits, rpn_deltas = rpn.flatten_head_outputs(objectness, deltas)
+    measured["rpn logits"] = np.abs(logits - tv["objectness"]).max()
+    measured["rpn deltas"] = np.abs(rpn_deltas - tv["rpn_deltas"]).max()
+    assert measured["rpn logits"] <= 5e-3 and measured["rpn deltas"] <= 5e-4, measured
+    anchors = ops.grid_anchors([p.shape[1:] for p in pyramid], tv["normalized"].shape[1:], cfg.anchor_sizes,
+                               cfg.aspect_ratios)
+    np.testing.assert_array_equal(anchors, tv["anchors"])
+    # proposal selection from torchvision's logits and deltas: the same proposals (as a set; tied scores may swap)
+    level_sizes = [o.size for o in objectness]
+    _, (proposals, scores) = rpn.select_proposals(tv["objectness"], tv["rpn_deltas"], tv["anchors"], level_sizes,
+                                                  size, cfg)
+    stats = match_detections(tv["proposals"], np.zeros(len(tv["proposals"])), tv["proposal_scores"], proposals,
+                             np.zeros(len(proposals)), scores, min_iou=0.999)
+    assert stats.matched_fraction >= 0.99 and stats.max_box_diff <= 1e-3 and stats.max_score_diff <= 1e-6, \
+        stats.summary()
+    # RoI levels (FPN Eq. 1) and multi-scale RoIAlign from torchvision's maps and proposals: bitwise
+    np.testing.assert_array_equal(ops.fpn_levels(tv["proposals"]), tv["roi_levels"])
+    box_features = ops.multiscale_roi_align(pyramid[:-1], tv["proposals"], size, cfg.box_roi_size,
+                                            cfg.sampling_ratio)
+    np.testing.assert_array_equal(box_features, tv["box_features"])
+    # box head from torchvision's pooled features
+    class_logits, box_deltas = box_head.box_head_forward(w.box_head, tv["box_features"])
+    measured["class logits"] = np.abs(class_logits - tv["class_logits"]).max()
+    measured["box deltas"] = np.abs(box_deltas - tv["box_deltas"]).max()
+    assert measured["class logits"] <= 2e-3 and measured["box deltas"] <= 2e-3, measured
+    # box post-processing from torchvision's logits, deltas and proposals: same detections, scores within 3e-7
+    _, (boxes, scores, labels) = box_head.postprocess_detections(tv["class_logits"], tv["box_deltas"],
+                                                                  tv["proposals"], size, cfg, cfg.box_score_thresh)
+    stats = match_detections(tv["boxes"], tv["labels"], tv["scores"], boxes, labels, scores, min_iou=0.9999)
+    assert stats.matched_fraction == 1.0 and stats.max_box_diff <= 1e-4 and stats.max_score_diff <= 3e-7, \
+        stats.summary()
+    # rescale to the original image: bitwise
+    np.testing.assert_array_equal(transform.rescale_boxes(tv["boxes"], size, tv["image"].shape[1:]),
+                                  tv["final_boxes"])
+    if cfg.masks:
+        mask_features = ops.multiscale_roi_align(pyramid[:-1], tv["boxes"], size, cfg.mask_roi_size,
+                                                 cfg.sampling_ratio)
+        np.testing.assert_array_equal(mask_features, tv["mask_features"])
+        mask_logits = mask_head.mask_head_forward(w.mask_head, tv["mask_features"], tv["labels"])
+        measured["mask logits"] = np.abs(mask_logits - tv["mask_logits"]).max()
+        assert measured["mask logits"] <= 3e-3, measured
+        masks = transform.paste(tv["mask_probs"], tv["final_boxes"], tv["image"].shape[1:])
+        assert np.abs(masks - tv["masks"]).max() <= 1e-6
+    print("stage errors:", ", ".join(f"{k} {v:.2g}" for k, v in measured.items()))
+
+
+MASK_V2 = "maskrcnn_resnet50_fpn_v2"
+FASTER_V2 = "fasterrcnn_resnet50_fpn_v2"
+# Real photos of every kind the shared set has: colour RGB (dog, horses, person), greyscale (camera), a PNG with a
+# square aspect (astronaut), and the COCO val2017 image; plus structured synthetic images of two aspect ratios.
+# Every architecture runs on at least one synthetic and one real image.
+CASES = [(MASK, "structured:480x640x0"), (MASK, "structured:600x400x1"), (MASK, "dog.jpg"), (MASK, "horses.jpg"),
+         (MASK, "person.jpg"), (MASK, "camera.png"), (MASK, "astronaut.png"), (MASK, "coco:000000039769.png"),
+         (FASTER, "structured:480x640x2"), (FASTER, "coco:000000039769.png"),
+         (MASK_V2, "structured:480x640x3"), (MASK_V2, "grace_hopper.jpg"), (MASK_V2, "coco:000000039769.png"),
+         (FASTER_V2, "horses.jpg")]   # v2 Faster R-CNN calibrated on messi5.jpg or giraffe.jpg saturates (score > 0.999)
+
+
+@pytest.mark.parametrize("arch,source", CASES)
+def test_stages(arch, source, tmp_root):
+    model, tv, det, trace, report = run_case(arch, source, tmp_root)
+    assert_stages(model, tv)
+
+
+@pytest.mark.parametrize("arch,source", CASES)
+def test_end_to_end(arch, source, tmp_root):
+    model, tv, det, trace, report = run_case(arch, source, tmp_root)
+    assert report.ok, report
+    assert_end_to_end(tv, det, masks=arch in (MASK, MASK_V2))
+
+
+@settings(max_examples=1, deadline=None)
+@example(h=161, w=242)      # resize floor edge case: 161 * (800/161) = 799.999..., resized to 799x1202 (facts §1)
+@given(h=st.integers(120, 900), w=st.integers(120, 900))
+def test_end_to_end_sizes(h, w, tmp_path_factory):
+    source = f"structured:{h}x{w}x7"
+    model, tv, det, trace, report = run_case(MASK, source, str(tmp_path_factory.mktemp("sizes")))
+    assert det.masks.shape == (len(det), h, w)
+    assert report.ok, report
+    assert_end_to_end(tv, det, masks=True)
+
+
+def test_deterministic(tmp_root):
+    model, tv, det, trace, report = run_case(MASK, "structured:480x640x0", tmp_root)
+    again = model.predict(tv["image"].transpose(1, 2, 0))
+    for field in ("boxes", "labels", "scores", "masks"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(det, field))
+
+
+def test_trace_names_and_summary(tmp_root):
+    model, tv, det, trace, report = run_case(MASK, "structured:480x640x0", tmp_root)
+    expected = ["image", "normalized", "C2", "C5", "P2", "P6", "anchors", "objectness", "proposals", "roi_levels",
+                "box_features", "class_logits", "box_deltas", "candidate_boxes", "boxes", "mask_probs", "masks"]
+    assert all(name in trace for name in expected)
+    assert set(tv) <= set(trace)           # the torchvision capture uses the same names
+    text = trace.summary()
+    assert "P2" in text and "float32" in text and len(text.splitlines()) == len(trace) + 1
+
+
+def test_normalize_bitwise():
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+    image = tv_models.structured_image(97, 131, 3).transpose(2, 0, 1).copy()
+    cfg = minimaskrcnn_config()
+    ref = GeneralizedRCNNTransform(cfg.min_size, cfg.max_size, list(cfg.image_mean), list(cfg.image_std))
+    np.testing.assert_array_equal(transform.normalize(image, cfg.image_mean, cfg.image_std),
+                                  ref.normalize(torch.from_numpy(image)).numpy())
+
+
+def minimaskrcnn_config():
+    from minimaskrcnn.config import MASKRCNN_RESNET50_FPN
+    return MASKRCNN_RESNET50_FPN
