@@ -36,6 +36,8 @@ def add_commands(sub, general) -> None:
     cc.add_argument("--json", metavar="REPORT", help="write the report as JSON")
     cc.add_argument("--trace", metavar="OUT.npz", help="save the ONNX run's stage outputs as a trace file (with "
                                                        "several images: OUT-STEM.npz per image)")
+    cc.add_argument("--first-failure", action="store_true",
+                    help="stop comparing an image's stages after the first one beyond tolerance")
     cc.add_argument("--tolerance", nargs="+", action="extend", default=[], metavar="STAGE=VALUE",
                     help="override a tolerance, as for compare")
     cc.set_defaults(func=cmd_crosscheck)
@@ -57,7 +59,7 @@ def cmd_crosscheck(args) -> int:
     try:
         tolerances = parse_tolerances(args.tolerance)
         report = crosscheck(args.model, args.images, weights=args.weights, tolerances=tolerances,
-                            threads=args.threads)
+                            threads=args.threads, first_failure=args.first_failure)
     except ValueError as e:        # not an ONNX file / not an R-CNN export / an image the export cannot take
         raise UsageError(" ".join(str(e).split())) from None
     if not args.quiet:

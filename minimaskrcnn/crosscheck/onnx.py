@@ -23,6 +23,7 @@ image has another size: every later stage then works on a wrongly resized image.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -74,12 +75,12 @@ class Report:
                 "first_failing_stage": self.first_failing_stage, "notes": self.notes}
 
     def format_table(self) -> str:
-        head = f"{'image':<14} {'stage':<14} {'max abs':>9} {'rel':>9} {'matched':<16} {'tolerance':<26} status  notes"
+        head = f"{'image':<14} {'stage':<14} {'max abs':>9} {'rel':>9} {'matched':<18} {'tolerance':<34} status  notes"
         lines = [head]
         for r in self.stages:
             status = "-" if r.ok is None else ("ok" if r.ok else "FAIL")
             lines.append(f"{r.image[-14:]:<14} {r.stage:<14} {_fmt(r.max_abs):>9} {_fmt(r.rel):>9} "
-                         f"{(r.matched or '-')[:16]:<16} {r.tolerance[:26]:<26} {status:<7} {r.compared}"
+                         f"{(r.matched or '-')[:18]:<18} {r.tolerance[:34]:<34} {status:<7} {r.compared}"
                          + (f"; {r.detail}" if r.detail else ""))
         lines += [f"note: {n}" for n in self.notes]
         first = self.first_failing_stage
@@ -107,12 +108,15 @@ def load_export(model_path):
     return g, rec, cfg, MaskRCNN(cfg, Weights.from_state_dict(rec.state_dict, cfg))
 
 
-def crosscheck(model_path, images, weights=None, tolerances=None, threads: int | None = None) -> Report:
+def crosscheck(model_path, images, weights=None, tolerances=None, threads: int | None = None,
+               first_failure: bool = False) -> Report:
     """Check the ONNX export `model_path` stage by stage on `images` (paths, arrays or PIL images, as `predict`).
 
-    weights: the original `.pth` / `.npz` (or an official name) the export was made from, to check its weights.
-    tolerances: overrides of `compare.DEFAULT_TOLERANCES`. Raises a one-line ValueError for an unusable model or an
-    image a fixed-size export cannot take; deviations are rows of the Report, not exceptions.
+    weights: the original `.pth` / `.npz` the export was made from, to check that it stored those weights.
+    tolerances: overrides of `compare.DEFAULT_TOLERANCES`. first_failure: stop comparing an image's stages after
+    the first one beyond tolerance (the export still runs whole; minimaskrcnn's later stages are skipped).
+    Raises a one-line ValueError for an unusable model or an image a fixed-size export cannot take; deviations are
+    rows of the Report, not exceptions.
     """
     g, rec, cfg, model = load_export(model_path)
     report = Report(str(model_path), versions())
@@ -128,7 +132,8 @@ def crosscheck(model_path, images, weights=None, tolerances=None, threads: int |
             raise ValueError(f"{name}: {why}")
     baked = transform_sizes(g).get("image_size")
     for name, x in inputs:
-        if baked is not None and tuple(baked) != tuple(x.shape[1:]):
+        wrong_size = baked is not None and tuple(baked) != tuple(x.shape[1:])
+        if wrong_size:
             report.stages.append(StageRow(
                 name, "input_size", "image size against the size baked into the export's transform", ok=False,
                 detail=(f"the export was made for a {baked[0]}x{baked[1]} image (a constant of its resize); this "
@@ -138,7 +143,8 @@ def crosscheck(model_path, images, weights=None, tolerances=None, threads: int |
         t = stage_arrays(values, groups, cfg, x.shape[1:])
         t.pop("_rpn_levels", None)
         report.traces[name] = Trace(t)
-        report.stages += stage_rows(name, model, x, t, tol)
+        if not (first_failure and wrong_size):
+            report.stages += stage_rows(name, model, x, t, tol, first_failure)
     return report
 
 
@@ -163,7 +169,7 @@ def _weights_row(rec, weights) -> StageRow:
                     "bitwise / derived fold bound", not bad, detail)
 
 
-def stage_rows(image: str, model: MaskRCNN, x: np.ndarray, t: dict, tol: dict) -> list:
+def stage_rows(image: str, model: MaskRCNN, x: np.ndarray, t: dict, tol: dict, first_failure: bool = False) -> list:
     """One row per stage: minimaskrcnn's stage on the export's input of that stage against the export's output."""
     cfg, w = model.config, model.weights
     rows = []
@@ -178,12 +184,14 @@ def stage_rows(image: str, model: MaskRCNN, x: np.ndarray, t: dict, tol: dict) -
         r = results[main]
         ok = {"ok": True, "FAIL": False}.get(r.status)
         checks = "; ".join(f"{c[0]} {c[2]} {c[3]:.3g}" for c in r.checks if c[2])
-        matched = r.detail.split(" in A")[0] if main in ("proposals", "boxes") else None
+        m = re.match(r"(\d+) pairs of (\d+) in A, (\d+) in B", r.detail) if main in ("proposals", "boxes") else None
+        matched = f"{m[1]} of {m[2]} / {m[3]}" if m else None         # pairs of minimaskrcnn's / the export's
         rows.append(StageRow(image, main, what, r.max_abs, r.rel, matched, checks, ok, r.detail))
 
     def run(stage, what, needs, fn):
-        """fn() -> (ours, theirs) dicts; skipped (no row) when the export exposes none of `needs`."""
-        if not all(k in t for k in needs):
+        """fn() -> (ours, theirs) dicts; skipped (no row) when the export lacks one of `needs`, or after a failure
+        with `first_failure`."""
+        if not all(k in t for k in needs) or (first_failure and any(r.ok is False for r in rows)):
             return
         try:
             ours, theirs = fn()

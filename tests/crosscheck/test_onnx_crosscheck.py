@@ -23,7 +23,7 @@ import oracle
 import tv_models
 from onnx_exports import SMALL, SIZE, V1, V2_FASTER, bypass, edit, exported, nms_constant, node, onnx_or_fail, set_ints
 from minimaskrcnn.crosscheck import onnx_weights
-from minimaskrcnn.crosscheck.onnx import crosscheck, load_export, report_json, save_onnx_trace
+from minimaskrcnn.crosscheck.onnx import crosscheck, report_json, save_onnx_trace
 from minimaskrcnn.crosscheck.onnx_graph import read_graph, scope
 from minimaskrcnn.trace import load_trace
 
@@ -34,7 +34,7 @@ from minimaskrcnn.trace import load_trace
 def test_weights_are_mapped_exactly(case):
     """Every original tensor is found: unfolded ones bitwise, BN-folded ones within the derived float32 bound."""
     export = exported(case)
-    _, rec, _, _ = load_export(export.path)
+    rec = onnx_weights.recover_state_dict(read_graph(export.path))
     eps = 1e-5      # torchvision's BatchNorm2d / FrozenBatchNorm2d default: what these models were built with
     checks = onnx_weights.check_weights(rec, export.state_dict, eps)
     assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok][:5]
@@ -103,7 +103,7 @@ def test_faster_v2_dynamic_opset20_at_two_sizes():
     torch = oracle.torch()
     export = exported(V2_FASTER)
     big = np.pad(export.image, ((0, 80), (0, 80), (0, 0)), mode="reflect")      # (400, 400, 3)
-    report = crosscheck(export.path, [export.image, big])
+    report = crosscheck(export.path, [export.image, big], first_failure=True)
     rows = {(r.image, r.stage): r for r in report.stages}
     assert all(r.ok is not False for (image, _), r in rows.items() if image == "image 0"), report.format_table()
     assert ("image 0", "mask_logits") not in rows and ("image 0", "boxes") in rows
@@ -118,8 +118,7 @@ def test_faster_v2_dynamic_opset20_at_two_sizes():
 # --- broken exports ------------------------------------------------------------------------------------------------
 
 BREAKS = {
-    # a backbone conv's padding shifted: same shapes, other values, from layer2 on (C3 of this returned_layers)
-    "conv pads": (lambda m: set_ints(node(m, "backbone.body.layer2.1.conv1", "Conv"), "pads", [0, 0, 2, 2]), "C3"),
+    # (a backbone conv's padding shifted, same shapes and other values: tests/crosscheck/test_onnx_cli.py)
     # layer4 without its stride (main path and projection): C5 twice as large
     "conv strides": (lambda m: [set_ints(node(m, f"backbone.body.layer4.0.{c}", "Conv"), "strides", [1, 1])
                                 for c in ("conv1", "downsample.0")], "C5"),
@@ -134,7 +133,7 @@ def test_a_broken_export_is_caught_at_its_stage(name, tmp_path):
     change, stage = BREAKS[name]
     export = exported(SMALL)
     broken = edit(export, tmp_path, change)
-    report = crosscheck(broken, [export.image])
+    report = crosscheck(broken, [export.image], first_failure=True)
     assert report.first_failing_stage == stage, report.format_table()
 
 
@@ -164,6 +163,6 @@ def test_fixed_export_made_dynamic_reports_its_baked_size(tmp_path):
     def dynamic(model):
         for d, p in zip(model.graph.input[0].type.tensor_type.shape.dim[1:], ("height", "width")):
             d.dim_param = p
-    report = crosscheck(edit(export, tmp_path, dynamic), [other])
+    report = crosscheck(edit(export, tmp_path, dynamic), [other], first_failure=True)
     assert report.first_failing_stage == "input_size", report.format_table()
     assert "made for a 320x320 image" in report.stages[0].detail
