@@ -26,7 +26,9 @@ from minimaskrcnn.config import Config
 
 from .infer import default_class_names, infer_config
 from .layout import architecture_name, check_state_dict
+from .matterport_convert import prepare_from_state_dict, prepare_matterport, sniff
 from .npz import FORMAT, FORMAT_VERSION, write_npz
+from .pytorch_mask_rcnn import is_pytorch_mask_rcnn
 from .reader import read_bytes, read_state_dict
 from .unpickler import StateDict
 
@@ -91,13 +93,23 @@ class Converted:
 
 
 def prepare(src, *, bn_eps=None, class_names=None, overrides=None, source_name=None) -> Converted:
-    """Read, rename, infer and validate `src` (a path or the file's bytes); write nothing."""
+    """Read, rename, infer and validate `src` (a path or the file's bytes); write nothing.
+
+    matterport-family sources (a Keras `.h5`, a pytorch-mask-rcnn `.pth`) go to `matterport_convert`: `overrides`
+    are then matterport Config attributes (IMAGE_MIN_DIM, ...), and the result's config a MatterportConfig."""
+    if not isinstance(src, (bytes, bytearray)) and sniff(src) == "hdf5":     # matterport's Keras .h5
+        _no_bn_eps(bn_eps)
+        return prepare_matterport(src, overrides=overrides, class_names=class_names, source_name=source_name)
     data = read_bytes(src) if not isinstance(src, (bytes, bytearray)) else bytes(src)
     sha256 = hashlib.sha256(data).hexdigest()
     if source_name is None:
         source_name = os.path.basename(os.fspath(src)) if not isinstance(src, (bytes, bytearray)) else "<bytes>"
     raw = read_state_dict(data)
     del data
+    if is_pytorch_mask_rcnn(raw):                                             # the matterport family, as a .pth
+        _no_bn_eps(bn_eps)
+        return prepare_from_state_dict(raw, sha256=sha256, source_name=source_name, overrides=overrides,
+                                       class_names=class_names)
     state_dict = legacy_renames(raw, raw._metadata)
     config = infer_config(state_dict)
     if overrides:
@@ -132,6 +144,11 @@ def prepare(src, *, bn_eps=None, class_names=None, overrides=None, source_name=N
         "converter_version": __version__,
     }
     return Converted(config, dict(state_dict), metadata)
+
+
+def _no_bn_eps(bn_eps):
+    if bn_eps is not None:
+        raise ValueError("bn_eps does not apply to matterport-family weights (their BatchNorm eps is Keras' 1e-3)")
 
 
 def convert(src, dst=None, *, bn_eps=None, class_names=None, overrides=None, source_name=None) -> Path:

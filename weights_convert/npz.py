@@ -11,7 +11,7 @@ Layout (read with `np.load(path, allow_pickle=False)`):
                         "source_name": file name, "source_sha256": hex, "converter_version": "x.y.z"}
 
 Files are written to a temporary file in the destination directory and renamed into place (`os.replace`), so a
-reader never sees a half-written file. `read_npz` is the only reader: the runtime (`minimaskrcnn.hub`) uses it too.
+reader never sees a half-written file. `read_npz` is the only reader: the runtime (`minimaskrcnn.weights`) uses it too.
 """
 from __future__ import annotations
 
@@ -99,6 +99,9 @@ def read_npz(path):
     """(Config, {key: array}) of a converted weights file, validated against the layout its config describes."""
     name = os.path.basename(os.fspath(path))
     meta = read_npz_metadata(path)
+    if meta.get("family", "torchvision") != "torchvision":
+        raise WeightsFileError(f"{name} holds {meta.get('family')!r:.20}-family weights; read it with "
+                               f"weights_convert.matterport_convert.read_matterport_npz or minimaskrcnn.load")
     try:
         config = Config.from_dict(meta["config"])
     except (TypeError, ValueError) as e:
