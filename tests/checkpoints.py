@@ -152,3 +152,32 @@ def small_detector(*, v2=False, masks=True, frozen=True, returned_layers=(1, 2, 
     else:
         model = FasterRCNN(backbone, None, **kwargs)
     return randomize(model.eval())
+
+
+# --- the small detectors' variants, and checking a conversion against torch.load ---------------------------------
+
+SMALL = {   # name: (builder kwargs, the Config fields the converter must infer)
+    "mask_v1_frozenbn": (dict(), dict(masks=True, fpn_norm=False, rpn_conv_depth=1, box_head_convs=0,
+                                      mask_head_layers=(64, 32), mask_head_norm=False)),
+    "mask_v1_bn": (dict(frozen=False), dict(masks=True, fpn_norm=False, mask_head_layers=(64, 32))),
+    "mask_v2": (dict(v2=True, frozen=False), dict(masks=True, fpn_norm=True, rpn_conv_depth=2, box_head_convs=4,
+                                                  mask_head_layers=(64, 32), mask_head_norm=True)),
+    "faster_v1": (dict(masks=False), dict(masks=False, fpn_norm=False, rpn_conv_depth=1, box_head_convs=0)),
+    "faster_v2": (dict(masks=False, v2=True, frozen=False), dict(masks=False, fpn_norm=True, rpn_conv_depth=2,
+                                                                 box_head_convs=4)),
+}
+
+
+def assert_npz_equals_torch_load(npz_path, pth_path, nested=None):
+    """Every array of the .npz has the key, dtype, shape and bits of torch.load's tensor (num_batches_tracked
+    dropped), in the same order; the .npz has nothing else but the metadata."""
+    torch = oracle.torch()
+    theirs = torch.load(pth_path)
+    theirs = theirs[nested] if nested else theirs
+    theirs = {k: v for k, v in theirs.items() if not k.endswith("num_batches_tracked")}
+    with np.load(npz_path, allow_pickle=False) as z:
+        assert z.files == ["__metadata__"] + list(theirs)
+        for key, tensor in theirs.items():
+            ours, ref = z[key], tensor.contiguous().numpy()
+            assert ours.dtype == ref.dtype and ours.shape == ref.shape, key
+            assert ours.tobytes() == ref.tobytes(), key
