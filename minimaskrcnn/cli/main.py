@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-from minimaskrcnn.cli import segment, study, tools
+from minimaskrcnn.cli import crosscheck, segment, study, tools
 from minimaskrcnn.cli.options import FORMATTER, PROG, Parser, UsageError, describe, general_options, model_options
 
 __all__ = ["main", "build_parser"]
@@ -38,6 +38,7 @@ def build_parser() -> Parser:
     segment.add_commands(sub, general, model)        # segment, video
     study.add_commands(sub, general)                 # trace, compare, explain: looking inside the network
     tools.add_commands(sub, general)                 # demo (built-in model), bench (against torchvision)
+    crosscheck.add_commands(sub, general)            # crosscheck: an ONNX export stage by stage
     return parser
 
 
