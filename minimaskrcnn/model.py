@@ -95,12 +95,24 @@ class MaskRCNN:
         return Detections(boxes, b.labels, b.scores, masks, cfg.class_names, tuple(original_size))
 
 
-def load(weights) -> MaskRCNN:
+def load(weights, config=None, class_names=None):
     """A model from a converted `.npz`, a torchvision `.pth` (converted once, cached) or an official name.
+
+    matterport-family weights (matterport's Keras `.h5`, a pytorch-mask-rcnn `.pth`, or a `.npz` converted from
+    either; converted once and cached like a `.pth`) give `minimaskrcnn.matterport`'s model: `config` overrides
+    matterport Config attributes ({"IMAGE_MIN_DIM": 512, ...}), `class_names` the class names (with or without "BG").
 
     Official names: maskrcnn_resnet50_fpn_coco, fasterrcnn_resnet50_fpn_coco and their _v2_ variants (downloaded once
     into $MINIMASKRCNN_HOME, default ~/.cache/minimaskrcnn).
     """
-    from minimaskrcnn.weights import load_weights
-    cfg, sd = load_weights(weights)
+    from minimaskrcnn.weights import load_matterport_weights, load_weights, resolve_weights, weights_family
+    path = resolve_weights(weights)
+    if weights_family(path) == "matterport":
+        from minimaskrcnn.matterport.model import load_matterport
+        cfg, arrays = load_matterport_weights(path, config, class_names)
+        return load_matterport(cfg, arrays, class_names=cfg.class_names)
+    if config is not None or class_names is not None:
+        raise ValueError("config= and class_names= apply to matterport-family weights (a Keras .h5); torchvision "
+                         "weights carry their configuration (weights-convert --set / --class-names)")
+    cfg, sd = load_weights(path)
     return MaskRCNN(cfg, Weights.from_state_dict(sd, cfg))

@@ -87,8 +87,43 @@ def general_options() -> argparse.ArgumentParser:
 
 def weights_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|FILE",
-                        help=f"official name (downloaded once), converted .npz or torchvision .pth "
+                        help=f"official name (downloaded once), converted .npz, torchvision .pth or matterport .h5 "
                              f"(default {DEFAULT_WEIGHTS})")
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE|FILE.json",
+                        help="matterport weights: a matterport Config attribute, e.g. IMAGE_MIN_DIM=512 (VALUE read "
+                             "as JSON, else as text), or a JSON file of them; repeatable, later ones win")
+    parser.add_argument("--class-names", metavar="A,B,...",
+                        help="matterport weights: the class names, comma separated (background first or left out)")
+
+
+def load_options(args) -> dict:
+    """The keyword arguments of `minimaskrcnn.load` from --config / --class-names ({} if neither was given)."""
+    import json
+    out = {}
+    if args.config:
+        config = {}
+        for item in args.config:
+            key, sep, value = item.partition("=")
+            if sep and key.strip():
+                try:
+                    config[key.strip()] = json.loads(value)
+                except ValueError:
+                    config[key.strip()] = value                    # IMAGE_RESIZE_MODE=pad64
+                continue
+            try:
+                with open(item, encoding="utf-8") as f:
+                    loaded = json.load(f)
+            except OSError as e:
+                raise UsageError(f"--config {item}: neither KEY=VALUE nor a readable JSON file ({e.strerror})")
+            except ValueError as e:
+                raise UsageError(f"--config {item}: not JSON ({e})")
+            if not isinstance(loaded, dict):
+                raise UsageError(f"--config {item}: expected a JSON object of matterport Config attributes")
+            config.update(loaded)
+        out["config"] = config
+    if args.class_names:
+        out["class_names"] = [n.strip() for n in args.class_names.split(",")]
+    return out
 
 
 def model_options() -> argparse.ArgumentParser:

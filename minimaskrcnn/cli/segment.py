@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from minimaskrcnn.cli.options import FORMATTER, JSON_NAME, PROG, UsageError, describe, positive
+from minimaskrcnn.cli.options import FORMATTER, JSON_NAME, PROG, UsageError, describe, load_options, positive
 from minimaskrcnn.cli.steps import class_list, detector, load_model, objects_line, prepare_outdir, summary
 
 SEGMENT_EPILOG = f"""outputs in OUTDIR, for an image named STEM.*:
@@ -84,7 +84,7 @@ def cmd_segment(args) -> int:
     from minimaskrcnn.cli.progress import Progress
     from minimaskrcnn.io import coco, files
 
-    model, keep = load_model(args.weights, wanted)
+    model, keep = load_model(args.weights, wanted, **load_options(args))
     detect = detector(model, args.score_threshold, keep)
     protected = protect(inputs)
     ids, stems = coco.assign_image_ids(inputs), files.output_stems(inputs)
@@ -150,7 +150,7 @@ def cmd_video(args) -> int:
         raise UsageError(f"{args.jsonl}: the JSON lines file and the output video must differ")
     for target in filter(None, (args.output, args.jsonl)):
         prepare_outdir(os.path.dirname(os.path.abspath(target)))
-    model, keep = load_model(args.weights, wanted)
+    model, keep = load_model(args.weights, wanted, **load_options(args))
     detect = detector(model, args.score_threshold, keep)
     with Progress(None, "frames", enabled=None if not args.quiet else False) as bar:
         s = segment_video(detect, args.input, args.output, every=args.every, max_frames=args.max_frames,

@@ -27,14 +27,14 @@ def class_ids(names: list, class_names) -> object:
     return sorted({lookup[n.lower()] for n in names})
 
 
-def load_model(weights: str, class_names_wanted: list):
+def load_model(weights: str, class_names_wanted: list, **load_kwargs):
     """`minimaskrcnn.load(weights)`; checks --classes against the COCO names first when the weights are official
     COCO weights, so a typo fails before any download."""
     from minimaskrcnn.config import COCO_CATEGORIES
     if class_names_wanted and weights.endswith("_coco") and not os.path.exists(weights):
         class_ids(class_names_wanted, COCO_CATEGORIES)
     import minimaskrcnn
-    model = minimaskrcnn.load(weights)
+    model = minimaskrcnn.load(weights, **load_kwargs)       # --config / --class-names (options.load_options)
     return model, class_ids(class_names_wanted, tuple(model.class_names))
 
 

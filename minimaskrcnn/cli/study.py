@@ -13,7 +13,8 @@ import argparse
 import os
 import re
 
-from minimaskrcnn.cli.options import FORMATTER, PROG, UsageError, fraction, positive, weights_option
+from minimaskrcnn.cli.options import (FORMATTER, PROG, UsageError, fraction, load_options, positive,
+                                      weights_option)
 from minimaskrcnn.cli.steps import prepare_outdir
 
 TRACE_EPILOG = f"""The .npz holds one array per stage under its trace name (normalized, P2, proposals, boxes, masks,
@@ -123,7 +124,7 @@ def cmd_trace(args) -> int:
         meta.update(producer=f"torchvision {torchvision.__version__} (torch {torch.__version__}, "
                              f"{torch.get_num_threads()} threads)", config=cfg.to_json())
     else:
-        model = minimaskrcnn.load(args.weights)
+        model = minimaskrcnn.load(args.weights, **load_options(args))
         _, trace = model.predict(image, score_threshold=args.score_threshold, trace=True)
         meta.update(producer=f"minimaskrcnn {minimaskrcnn.__version__}", config=model.config.to_json())
     save_trace(trace, args.output, args.compress, **meta)
@@ -163,7 +164,7 @@ def cmd_explain(args) -> int:
     image = _read(args.input)
     outdir = prepare_outdir(args.output)
     import minimaskrcnn
-    model = minimaskrcnn.load(args.weights)
+    model = minimaskrcnn.load(args.weights, **load_options(args))
     result = explain.explain(model, image, outdir, anchor_location=args.anchor_location,
                              proposals=args.proposals, score_threshold=args.score_threshold,
                              max_detections=args.detections, note=f"weights: {args.weights}")

@@ -7,7 +7,7 @@ Modules, in reading order:
 
 Reading checkpoints themselves (without torch) is the `weights_convert` package.
 """
-from minimaskrcnn.weights.cache import load_weights, resolve_weights
+from minimaskrcnn.weights.cache import load_matterport_weights, load_weights, resolve_weights, weights_family
 from minimaskrcnn.weights.download import WeightsError
 
-__all__ = ["load_weights", "resolve_weights", "WeightsError"]
+__all__ = ["load_weights", "load_matterport_weights", "resolve_weights", "weights_family", "WeightsError"]

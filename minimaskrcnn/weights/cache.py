@@ -43,6 +43,27 @@ def load_weights(weights, **kwargs):
         raise WeightsError(str(e)) from None
 
 
+def weights_family(path) -> str:
+    """"torchvision" or "matterport": the family of a converted `.npz` (its metadata's "family")."""
+    from weights_convert import CheckpointError, read_npz_metadata
+    try:
+        return read_npz_metadata(path).get("family", "torchvision")
+    except CheckpointError as e:
+        raise WeightsError(str(e)) from None
+
+
+def load_matterport_weights(weights, config=None, class_names=None, **kwargs):
+    """(MatterportConfig, {Keras weight name: array}) for a matterport `.h5` / pytorch-mask-rcnn `.pth` (converted
+    once into the cache) or its `.npz`; `config` and `class_names` as `weights_convert.matterport_convert`'s."""
+    from weights_convert import CheckpointError
+    from weights_convert.matterport_convert import read_matterport
+    path = resolve_weights(weights, **kwargs)
+    try:
+        return read_matterport(path, config, class_names)
+    except CheckpointError as e:
+        raise WeightsError(str(e)) from None
+
+
 def resolve_weights(weights, *, cache_dir=None, base_url=None, registry=None, progress=None,
                     timeout: float = DEFAULT_TIMEOUT) -> Path:
     """Path of a converted `.npz` for `weights`: an official name, a checkpoint path or an `.npz` path.
@@ -63,7 +84,7 @@ def resolve_weights(weights, *, cache_dir=None, base_url=None, registry=None, pr
     if path.suffix or os.sep in str(weights) or "/" in str(weights):
         raise WeightsError(f"no such weights file: {path}")
     raise WeightsError(f"unknown weights {str(weights)!r}: give one of {', '.join(registry)}, or a path to a "
-                       f"torchvision .pth/.pt checkpoint or a converted .npz")
+                       f"torchvision .pth/.pt checkpoint, a matterport .h5 or a converted .npz")
 
 
 def _check_npz(path: Path):
