@@ -22,9 +22,10 @@ class _Parser(argparse.ArgumentParser):
 def _parser():
     p = _Parser(
         prog=PROG,
-        description="Convert a torchvision Mask R-CNN / Faster R-CNN checkpoint (.pth, zip or legacy format) to "
-                    "minimaskrcnn's .npz, without torch. The checkpoint is read with a restricted unpickler: no code "
-                    "in it can run.",
+        description="Convert a torchvision Mask R-CNN / Faster R-CNN checkpoint (.pth, zip or legacy format), a "
+                    "matterport Keras .h5 or a pytorch-mask-rcnn .pth to minimaskrcnn's .npz, without torch or "
+                    "TensorFlow. Checkpoints are read with a restricted unpickler, .h5 files (extra 'hdf5': h5py) "
+                    "with every size bounded: no code in them can run.",
         epilog="bn-eps rule: 0.0 if SRC is one of torchvision's COCO v1 checkpoints (sha256 prefix bf2d0c1e or "
                "258fb6c6), else 1e-5.")
     p.add_argument("src", metavar="SRC", help="checkpoint saved by torch.save (a state dict, possibly under "
@@ -35,7 +36,8 @@ def _parser():
                    help="text file with one class name per line, index 0 = background (default: COCO names for 91 "
                         "classes, else class_1, class_2, ...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help="set a Config field the weights do not determine, e.g. --set 'aspect_ratios=[0.5,1,2]'")
+                   help="set a Config field the weights do not determine, e.g. --set 'aspect_ratios=[0.5,1,2]' "
+                        "(matterport weights: a matterport Config attribute, e.g. --set IMAGE_MIN_DIM=512)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     return p
 
