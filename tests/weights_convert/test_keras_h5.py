@@ -325,3 +325,23 @@ def test_a_saved_model_directory_is_named_as_such(tmp_path):
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "saved_model.pb").write_bytes(b"\x08\x01")
     _one_line_error(tmp_path / "export", "export is a TensorFlow graph or SavedModel, not Keras weights")
+
+
+@settings(max_examples=8, deadline=None)
+@given(offsets=st.lists(st.integers(0, 65535), min_size=1, max_size=3), value=st.integers(1, 255))
+def test_corrupt_bytes_in_a_real_files_structure_are_one_line_errors_or_read(r50, tmp_path_factory, offsets, value):
+    """The first 64 KiB of a matterport file hold the superblock, the root group and its layer_names: flips there
+    either still read (a flip in padding or in a weight's bytes) or fail with a CheckpointError one-liner."""
+    path = tmp_path_factory.mktemp("flip_real") / "weights.h5"
+    shutil.copyfile(r50 / "weights.h5", path)
+    with open(path, "r+b") as f:
+        for offset in offsets:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ value]))
+    try:
+        read_matterport(path)
+    except CheckpointError as e:
+        assert "\n" not in str(e)
+    os.unlink(path)
