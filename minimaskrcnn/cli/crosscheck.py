@@ -38,6 +38,8 @@ def add_commands(sub, general) -> None:
                                                        "several images: OUT-STEM.npz per image)")
     cc.add_argument("--first-failure", action="store_true",
                     help="stop comparing an image's stages after the first one beyond tolerance")
+    cc.add_argument("--end-to-end", action="store_true",
+                    help="also compare minimaskrcnn's own run of each image with the export's outputs")
     cc.add_argument("--tolerance", nargs="+", action="extend", default=[], metavar="STAGE=VALUE",
                     help="override a tolerance, as for compare")
     cc.set_defaults(func=cmd_crosscheck)
@@ -59,7 +61,8 @@ def cmd_crosscheck(args) -> int:
     try:
         tolerances = parse_tolerances(args.tolerance)
         report = crosscheck(args.model, args.images, weights=args.weights, tolerances=tolerances,
-                            threads=args.threads, first_failure=args.first_failure)
+                            threads=args.threads, first_failure=args.first_failure,
+                            end_to_end=args.end_to_end)
     except ValueError as e:        # not an ONNX file / not an R-CNN export / an image the export cannot take
         raise UsageError(" ".join(str(e).split())) from None
     if not args.quiet:

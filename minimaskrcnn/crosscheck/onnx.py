@@ -75,11 +75,11 @@ class Report:
                 "first_failing_stage": self.first_failing_stage, "notes": self.notes}
 
     def format_table(self) -> str:
-        head = f"{'image':<14} {'stage':<14} {'max abs':>9} {'rel':>9} {'matched':<18} {'tolerance':<34} status  notes"
+        head = f"{'image':<14} {'stage':<22} {'max abs':>9} {'rel':>9} {'matched':<18} {'tolerance':<34} status  notes"
         lines = [head]
         for r in self.stages:
             status = "-" if r.ok is None else ("ok" if r.ok else "FAIL")
-            lines.append(f"{r.image[-14:]:<14} {r.stage:<14} {_fmt(r.max_abs):>9} {_fmt(r.rel):>9} "
+            lines.append(f"{r.image[-14:]:<14} {r.stage:<22} {_fmt(r.max_abs):>9} {_fmt(r.rel):>9} "
                          f"{(r.matched or '-')[:18]:<18} {r.tolerance[:34]:<34} {status:<7} {r.compared}"
                          + (f"; {r.detail}" if r.detail else ""))
         lines += [f"note: {n}" for n in self.notes]
@@ -109,12 +109,14 @@ def load_export(model_path):
 
 
 def crosscheck(model_path, images, weights=None, tolerances=None, threads: int | None = None,
-               first_failure: bool = False) -> Report:
+               first_failure: bool = False, end_to_end: bool = False) -> Report:
     """Check the ONNX export `model_path` stage by stage on `images` (paths, arrays or PIL images, as `predict`).
 
     weights: the original `.pth` / `.npz` the export was made from, to check that it stored those weights.
     tolerances: overrides of `compare.DEFAULT_TOLERANCES`. first_failure: stop comparing an image's stages after
     the first one beyond tolerance (the export still runs whole; minimaskrcnn's later stages are skipped).
+    end_to_end: also run minimaskrcnn alone on each image and compare its detections with the export's (rows
+    `end_to_end.*`, the parity criteria of facts §10.4): how much the stage deviations add up to.
     Raises a one-line ValueError for an unusable model or an image a fixed-size export cannot take; deviations are
     rows of the Report, not exceptions.
     """
@@ -145,7 +147,31 @@ def crosscheck(model_path, images, weights=None, tolerances=None, threads: int |
         report.traces[name] = Trace(t)
         if not (first_failure and wrong_size):
             report.stages += stage_rows(name, model, x, t, tol, first_failure)
+        if end_to_end:
+            report.stages += end_to_end_rows(name, model, x, t, tol)
     return report
+
+
+def end_to_end_rows(image: str, model: MaskRCNN, x: np.ndarray, t: dict, tol: dict) -> list:
+    """minimaskrcnn's own run of the image against the export's final outputs (original-image pixels): detections
+    matched by label and IoU, scores along the matched pairs, pasted masks (binarized IoU)."""
+    det = model.predict(np.ascontiguousarray(x.transpose(1, 2, 0)))          # (3, H, W) -> (H, W, 3), same floats
+    ours = {"final_boxes": det.boxes, "scores": det.scores, "labels": det.labels}
+    theirs = {k: t[k] for k in ("final_boxes", "scores", "labels") if k in t}
+    if det.masks is not None and "masks" in t:
+        ours["masks"], theirs["masks"] = det.masks, t["masks"]
+    if "final_boxes" not in theirs:
+        return []
+    results = {r.stage: r for r in compare_traces(ours, theirs, tol)}
+    what = "minimaskrcnn's own run of the image against the export's outputs"
+    rows = []
+    for stage in ("final_boxes", "scores", "masks"):
+        r = results.get(stage)
+        if r is not None and r.shape_a is not None and r.shape_b is not None:
+            checks = "; ".join(f"{c[0]} {c[2]} {c[3]:.3g}" for c in r.checks if c[2])
+            rows.append(StageRow(image, f"end_to_end.{stage}", what, r.max_abs, r.rel, None, checks,
+                                 {"ok": True, "FAIL": False}.get(r.status), r.detail))
+    return rows
 
 
 def save_onnx_trace(report: Report, image: str, path, compress: bool = False) -> None:

@@ -81,13 +81,13 @@ def test_torchvision_export_v1_opset11(tmp_path, capsys):
     """The issue's case: every stage within tolerance on the export's own inputs; the run saved as a trace that
     `compare` reads. Prints the rows (the README's measurement: pytest -s)."""
     export = exported(V1)
-    report = crosscheck(export.path, [export.image], weights=export.weights)
+    report = crosscheck(export.path, [export.image], weights=export.weights, end_to_end=True)
     with capsys.disabled():
         print("\n" + report.format_table())
     stages = [r.stage for r in report.stages]
     for s in ("weights", "normalized", "C2", "C5", "P2", "P6", "anchors", "objectness", "rpn_deltas", "proposals",
               "box_features", "class_logits", "box_deltas", "boxes", "scores", "mask_features", "mask_logits",
-              "mask_probs", "final_boxes", "masks"):
+              "mask_probs", "final_boxes", "masks", "end_to_end.final_boxes", "end_to_end.scores", "end_to_end.masks"):
         assert s in stages, s
     assert report.first_failing_stage is None, report.format_table()
     doc = json.loads(report_json(report))
