@@ -5,10 +5,11 @@ Reproduces torchvision's `maskrcnn_resnet50_fpn` / `fasterrcnn_resnet50_fpn` (v1
     import minimaskrcnn
     model = minimaskrcnn.load("maskrcnn_resnet50_fpn_coco")   # or a converted .npz, or a torchvision .pth
     det = model.predict("photo.jpg")                          # boxes, labels, scores, masks, class_names
+    minimaskrcnn.set_num_threads(1)                           # this process's share of the cores (Numba + BLAS)
 """
 from minimaskrcnn._version import __version__
 
-__all__ = ["load", "MaskRCNN", "Detections", "Config", "__version__"]
+__all__ = ["load", "MaskRCNN", "Detections", "Config", "set_num_threads", "__version__"]
 
 
 def __getattr__(name):
@@ -19,6 +20,9 @@ def __getattr__(name):
     if name == "Detections":
         from minimaskrcnn.detections import Detections
         return Detections
+    if name == "set_num_threads":                 # Numba's pool and every loaded BLAS (nn/threads.py)
+        from minimaskrcnn.nn.threads import set_num_threads
+        return set_num_threads
     if name == "Config":
         from minimaskrcnn.config import Config
         return Config

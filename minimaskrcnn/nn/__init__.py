@@ -6,4 +6,5 @@ Modules, in reading order:
     convolution.py   `Conv`, BatchNorm folding, convolution as blocked im2col + one BLAS product (the plain formula)
     winograd.py      3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) (Lavin & Gray 2016): 16 GEMMs
     workspace.py     reused per-thread scratch buffers (im2col columns, Winograd tiles)
+    threads.py       how many threads Numba and every loaded BLAS use (`minimaskrcnn.set_num_threads`)
 """

@@ -1,0 +1,77 @@
+"""minimaskrcnn.set_num_threads (nn/threads.py): Numba's pool and every loaded BLAS follow it.
+
+The oracle for the BLAS side is threadpoolctl, which reads each loaded library's own thread count through its C API
+(an independent implementation of the lookup that nn/threads.py does); missing, the test FAILS. Each case runs in a
+fresh process, so that this pytest process's pools are never changed, and with the thread variables removed from
+its environment, so that only the call under test can limit the pools. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE pass
+through unchanged.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def threadpoolctl_or_fail():
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError as e:
+        pytest.fail(f"threadpoolctl (the oracle of the BLAS thread counts) cannot be imported: {e}. "
+                    "Install with: pip install '.[test]'", pytrace=False)
+
+
+def run_fresh(code: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+PROBE = """
+import json, os, numpy as np, scipy.linalg.blas, numba
+import minimaskrcnn
+from threadpoolctl import threadpool_info
+before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+ours = minimaskrcnn.set_num_threads({n})
+after = [p for p in threadpool_info() if p["user_api"] == "blas"]
+print(json.dumps({{"before": before, "after": [p["num_threads"] for p in after],
+                   "paths": sorted(p["filepath"] for p in after), "our_paths": sorted(p["path"] for p in ours),
+                   "ours": [p["num_threads"] for p in ours], "numba": numba.get_num_threads(),
+                   "numba_pool": numba.config.NUMBA_NUM_THREADS, "cpus": len(os.sched_getaffinity(0))}}))
+"""
+
+
+@pytest.mark.parametrize("n", [1, 2, 64])
+def test_every_blas_and_numba_follow_set_num_threads(n):
+    threadpoolctl_or_fail()
+    r = run_fresh(PROBE.format(n=n))
+    assert r["paths"], "threadpoolctl found no BLAS: the probe proves nothing"
+    assert r["our_paths"] == r["paths"], "set_num_threads must find every BLAS threadpoolctl finds (NumPy's, SciPy's)"
+    # never more threads than the CPUs the process may use (OpenBLAS itself would grow to 64)
+    expected = min(n, r["cpus"])
+    assert r["after"] == [expected] * len(r["paths"]), r
+    assert r["ours"] == r["after"]
+    assert r["numba"] == min(n, r["numba_pool"])
+
+
+def test_the_probe_can_see_a_pool_that_was_not_limited():
+    # Without the call the pools run with the core count: the probe above would notice a set_num_threads that did
+    # nothing (on a 1-core machine this cannot be shown, and the test says so).
+    threadpoolctl_or_fail()
+    if os.cpu_count() < 2:
+        pytest.fail("needs >= 2 cores to tell a limited pool from an unlimited one", pytrace=False)
+    r = run_fresh(PROBE.format(n=os.cpu_count()))
+    assert min(r["before"]) >= 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_bad_thread_counts_are_a_clear_value_error(bad):
+    from minimaskrcnn.nn.threads import set_num_threads
+    with pytest.raises(ValueError, match="positive integer"):
+        set_num_threads(bad)
