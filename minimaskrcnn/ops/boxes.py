@@ -9,7 +9,8 @@ dx, dy, dw, dh (Faster R-CNN Eq. 2, divided by the BoxCoder weights).
 
 Dtypes follow torchvision (ops/_utils.py `_upcast`): float32 and float64 boxes keep their dtype, float16 becomes
 float32 and narrow integers int32 (in `box_iou` only after the corner differences, which stay in the input dtype). `box_iou` of integer boxes is float32, as torch's true division of integers.
-`encode_boxes` / `decode_boxes` compute in float64 if given float64 and in float32 otherwise (the network's path).
+`encode_boxes` / `decode_boxes` compute in the promoted floating dtype of their inputs as torch does (float64 if any is
+float64, float16 if the floating ones are float16, float32 for integers alone and in the network).
 """
 from __future__ import annotations
 
@@ -67,17 +68,21 @@ def box_iou(boxes1, boxes2) -> np.ndarray:
 
 
 def clip_boxes(boxes, size) -> np.ndarray:
-    """(N, 4) boxes clamped to an image of size (h, w): x to [0, w], y to [0, h] (torchvision
-    `clip_boxes_to_image`). Same dtype as the input (bounds converted to it, as torch's clamp); NaN stays NaN."""
-    b = V.array("boxes", boxes, ndim=2, last=4)
+    """(..., 4) boxes clamped to an image of size (h, w): x to [0, w], y to [0, h] (torchvision
+    `clip_boxes_to_image`). Same dtype as the input (bounds converted to it, as torch's clamp); NaN stays NaN.
+    An empty array comes back as an empty copy of any shape with an even last axis, as from torchvision's slicing."""
+    b = V.array("boxes", boxes)
     if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise ValueError(f"size: expected (height, width), got {size!r}")
     h, w = V.integer("size[0] (height)", size[0], 0), V.integer("size[1] (width)", size[1], 0)
+    if b.size == 0 and b.ndim and b.shape[-1] % 2 == 0:         # torchvision stacks the x and y halves of the
+        return np.array(b, copy=True)                             # last axis: any even length works when empty
+    b = V.array("boxes", b, last=4)                               # (..., 4)
     if b.dtype.kind in "iu":                                      # a bound past the dtype's range clamps nothing
         h, w = min(h, np.iinfo(b.dtype).max), min(w, np.iinfo(b.dtype).max)
-    out = np.array(b, copy=True)                                  # (N, 4)
-    out[:, 0::2] = np.clip(out[:, 0::2], 0, w)                    # (N, 2) x1, x2
-    out[:, 1::2] = np.clip(out[:, 1::2], 0, h)                    # (N, 2) y1, y2
+    out = np.array(b, copy=True)                                  # (..., 4)
+    out[..., 0::2] = np.clip(out[..., 0::2], 0, w)                # (..., 2) x1, x2
+    out[..., 1::2] = np.clip(out[..., 1::2], 0, h)                # (..., 2) y1, y2
     return out
 
 
@@ -100,7 +105,10 @@ def _weights(weights, dtype) -> tuple:
 
 
 def _coder_dtype(*arrays):
-    return np.float64 if any(a.dtype == np.float64 for a in arrays) else np.float32
+    """torch's promotion among the floating inputs (float16 stays float16 alone, float64 wins); integers alone give
+    float32 (their true division)."""
+    floats = [a.dtype for a in arrays if a.dtype.kind == "f"]
+    return np.result_type(*floats).type if floats else np.float32
 
 
 def encode_boxes(reference_boxes, proposals, weights) -> np.ndarray:

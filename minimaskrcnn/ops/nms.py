@@ -87,15 +87,19 @@ def batched_nms(boxes, scores, idxs, iou_threshold) -> np.ndarray:
       order) are sorted by descending score. torchvision's sort there is not stable, so among exactly tied scores the
       order of this function (ascending index) may differ from torchvision's; the kept set and all untied positions
       are the same.
+
+    Empty `boxes` of any shape give an empty int64 result without any other argument being checked, as torchvision.
     """
+    if V.array("boxes", boxes).size == 0:
+        # torchvision `_batched_nms_coordinate_trick` returns first when boxes.numel() == 0, whatever the shape of
+        # the boxes and before it looks at scores, idxs or the threshold (which may be None / anything then)
+        return np.empty(0, np.int64)
     b, s = _checked(boxes, scores)                                               # (N, 4), (N,)
     ids = V.array("idxs", idxs, shape=(b.shape[0],), ndim=1)                     # (N,)
     if ids.dtype.kind not in "iu":
         raise ValueError(f"idxs: expected an integer array of category indices, got dtype {ids.dtype}")
     thr = _threshold(iou_threshold)
     n = b.shape[0]
-    if n == 0:
-        return np.empty(0, np.int64)
     if n >= VANILLA_MIN_BOXES:
         return _batched_nms_vanilla(b, s, ids, thr)
     # Coordinate trick (torchvision `_batched_nms_coordinate_trick`): offsets in the boxes' dtype.
