@@ -143,3 +143,58 @@ def paste_masks(masks, boxes, image_shape, padding=1):
             for col in range(max(bx1, 0), min(bx2 + 1, im_w)):
                 out[n, row, col] = resized[row - by1, col - bx1]
     return out
+
+
+# --- how far two correct evaluations of ATen's bilinear resize may be apart ------------------------------------------
+
+def resize_error_bound(image, out_h, out_w, unit_roundoff=2.0 ** -24):
+    """Per-pixel bound (C, OH, OW) on |a - b| for any two correct evaluations a, b of ATen's bilinear resize
+    (align_corners=False, no antialias, facts §1) of `image` (C, H, W) in a floating type of unit roundoff u
+    (2**-24 for float32, 2**-53 for float64).
+
+    Derivation. Per axis (n -> m) the exact source coordinate of output d is z = s*(d + 1/2) - 1/2 with
+    s = fl(n / m) (an IEEE division: every build rounds it the same). Builds differ in how they evaluate z: a
+    multiply then a subtract (two roundings), one fused multiply-add (one rounding), or src in double and then rounded.
+    Each is within u*(2|z| + 1) of z: |fl(s*(d+1/2)) - s*(d+1/2)| <= u*(|z| + 1/2), the subtraction's rounding
+    <= u*|z| (up to O(u^2)); in double, |s_double - s| <= u*s moves z by u*(|z| + 1/2) and the rounding to the
+    type adds u*|z|. So two builds' source coordinates differ by at most dz = 2u*(2|z| + 1). Clamping at 0 and at
+    n - 1 is 1-Lipschitz, and lambda = src - floor(src) is exact (Sterbenz), so the weights move by at most dz.
+    The bilinear interpolant f(y, x) is continuous and, inside a cell, its partial derivative along y is a convex
+    combination of the cell's two vertical neighbour differences (likewise for x). A floor that flips moves the sample
+    into the adjacent cell, so |f(y', x') - f(y, x)| <= dz_y * Dy + dz_x * Dx, with Dy, Dx the largest neighbour
+    differences along y and x in the 4 x 4 source patch rows i0-1..i0+2, columns j0-1..j0+2 around the sample
+    (i0, j0 as ours computes them). The interpolation itself is at most 7 roundings (3 weight products, 4 products and
+    3 sums, or the separable form's 6), each <= u times an intermediate bounded by the patch's max |v| (weights are in
+    [0, 1] and sum to 1): <= 10u*max|v| for one evaluation with the weight errors, 20u*max|v| between two.
+    Hence bound = dz_y * Dy + dz_x * Dx + 20u * max|v| per output pixel.
+    """
+    img = np.asarray(image, np.float64)                                     # (C, H, W)
+    c, h, w = img.shape
+    u = float(unit_roundoff)
+
+    def axis(n, m):
+        dtype = np.float32 if u == 2.0 ** -24 else np.float64
+        s = float(dtype(n) / dtype(m))
+        z = s * (np.arange(m) + 0.5) - 0.5                                  # (m,) exact value, in double
+        src = np.maximum(z, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)               # (m,)
+        return 2 * u * (2 * np.abs(z) + 1), i0
+
+    dz_y, iy = axis(h, out_h)                                               # (OH,), (OH,)
+    dz_x, ix = axis(w, out_w)                                               # (OW,), (OW,)
+    dy = np.abs(np.diff(img, axis=1)) if h > 1 else np.zeros((c, 1, w))      # (C, H-1, W)
+    dx = np.abs(np.diff(img, axis=2)) if w > 1 else np.zeros((c, h, 1))      # (C, H, W-1)
+
+    def patch_max(a, rows, cols):
+        """max of a[:, r + (-1..2), q + (-1..2)] (clipped to the array) for every r in rows, q in cols."""
+        _, ah, aw = a.shape
+        out = np.zeros((a.shape[0], len(rows), len(cols)))
+        for di in range(-1, 3):
+            r = np.clip(rows + di, 0, ah - 1)
+            for dj in range(-1, 3):
+                q = np.clip(cols + dj, 0, aw - 1)
+                out = np.maximum(out, a[:, r][:, :, q])
+        return out
+
+    return (dz_y[None, :, None] * patch_max(dy, iy, ix) + dz_x[None, None, :] * patch_max(dx, iy, ix)
+            + 20 * u * patch_max(np.abs(img), iy, ix))                      # (C, OH, OW)

@@ -6,7 +6,7 @@ Shape glossary
     fh, fw: height and width of a level's feature map
     K: total number of anchors, sum over levels of fh * fw * A
 
-Anchors are (K, 4) float32 as x1, y1, x2, y2 in padded-image pixels, with exact integer coordinates, neither
+Anchors are (K, 4) (float32 unless asked otherwise) as x1, y1, x2, y2 in padded-image pixels, with exact integer coordinates, neither
 clipped nor shifted by half a stride: anchor a of cell (y, x) is the cell anchor a moved by (x*stride_w, y*stride_h).
 """
 from __future__ import annotations
@@ -20,22 +20,35 @@ DEFAULT_SIZES = ((32,), (64,), (128,), (256,), (512,))
 DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
-def cell_anchors(sizes, aspect_ratios) -> np.ndarray:
-    """(A, 4) float32 anchors centred on (0, 0) for one level, aspect ratio outer and size inner
+def cell_anchors(sizes, aspect_ratios, dtype=np.float32) -> np.ndarray:
+    """(A, 4) anchors centred on (0, 0) for one level, aspect ratio outer and size inner
     (torchvision AnchorGenerator.generate_anchors). aspect ratio = height / width:
 
-    h_ratio = sqrt(ar), w_ratio = 1 / h_ratio, ws = w_ratio * size, hs = h_ratio * size (all float32), and the anchor
-    is round([-ws, -hs, ws, hs] / 2) with round half to even (torch.round), e.g. size 32, ar 0.5 -> [-23, -11, 23, 11].
+    h_ratio = sqrt(ar), w_ratio = 1 / h_ratio, ws = w_ratio * size, hs = h_ratio * size, and the anchor is
+    round([-ws, -hs, ws, hs] / 2) with round half to even (torch.round), e.g. size 32, ar 0.5 -> [-23, -11, 23, 11].
+    All in `dtype` (float16, float32 or float64; generate_anchors' `dtype` argument, float32 by default, and
+    AnchorGenerator passes the feature maps' dtype).
     """
-    s = np.asarray([V.real("sizes", v, low=0.0, low_inclusive=False) for v in _seq("sizes", sizes)], np.float32)
+    dt = _float_dtype(dtype)
+    s = np.asarray([V.real("sizes", v, low=0.0, low_inclusive=False) for v in _seq("sizes", sizes)], dt)
     ar = np.asarray([V.real("aspect_ratios", v, low=0.0, low_inclusive=False)
-                     for v in _seq("aspect_ratios", aspect_ratios)], np.float32)
+                     for v in _seq("aspect_ratios", aspect_ratios)], dt)
     h_ratios = np.sqrt(ar)                                              # (R,)
-    w_ratios = np.float32(1) / h_ratios                                 # (R,)
+    w_ratios = dt.type(1) / h_ratios                                    # (R,)
     ws = (w_ratios[:, None] * s[None, :]).reshape(-1)                   # (R, S) -> (A,)
     hs = (h_ratios[:, None] * s[None, :]).reshape(-1)                   # (R, S) -> (A,)
-    base = np.stack([-ws, -hs, ws, hs], axis=1) / np.float32(2)         # (A, 4)
-    return np.round(base)                                               # (A, 4) half to even, float32
+    base = np.stack([-ws, -hs, ws, hs], axis=1) / dt.type(2)            # (A, 4)
+    return np.round(base)                                               # (A, 4) half to even
+
+
+def _float_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype: expected a NumPy floating dtype, got {dtype!r}") from None
+    if dt not in (np.float16, np.float32, np.float64):
+        raise ValueError(f"dtype: expected float16, float32 or float64, got {dt}")
+    return dt
 
 
 def _seq(name: str, x) -> tuple:
@@ -90,9 +103,10 @@ def num_anchors_per_level(feature_shapes, num_anchors_per_location) -> list[int]
 
 
 def grid_anchors(feature_shapes, padded_image_shape, sizes=DEFAULT_SIZES,
-                 aspect_ratios=DEFAULT_ASPECT_RATIOS) -> np.ndarray:
-    """(K, 4) float32 anchors of all levels concatenated in level order (torchvision AnchorGenerator.forward for one
+                 aspect_ratios=DEFAULT_ASPECT_RATIOS, dtype=np.float32) -> np.ndarray:
+    """(K, 4) anchors of all levels concatenated in level order (torchvision AnchorGenerator.forward for one
     image). Inside a level the flat index is (y * fw + x) * A + a (row-major cells, then the cell anchor).
+    `dtype` is the feature maps' dtype, in which AnchorGenerator makes them (float32 in the network).
 
     feature_shapes: per level (fh, fw) (or any shape ending in them, e.g. (C, fh, fw)); padded_image_shape: (Hp, Wp)
     of the padded batch tensor, not the resized image. sizes / aspect_ratios: per level, or aspect ratios once for
@@ -103,12 +117,17 @@ def grid_anchors(feature_shapes, padded_image_shape, sizes=DEFAULT_SIZES,
     sizes, aspect_ratios = _per_level(sizes, aspect_ratios, len(shapes))
     levels = []
     for (fh, fw), (sh, sw), s, ar in zip(shapes, strides, sizes, aspect_ratios):
-        base = cell_anchors(s, ar)                                        # (A, 4)
+        # AnchorGenerator makes its cell anchors in float32 at construction and converts them to the maps' dtype
+        # (exact: they are integers below 2048); only the shifted sum rounds in float16
+        base = cell_anchors(s, ar).astype(_float_dtype(dtype))            # (A, 4)
         shift_y, shift_x = np.meshgrid(np.arange(fh, dtype=np.int64) * sh,
                                        np.arange(fw, dtype=np.int64) * sw, indexing="ij")  # (fh, fw) each
         shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)       # (fh*fw,)
         shifts = np.stack([shift_x, shift_y, shift_x, shift_y], axis=1)   # (fh*fw, 4) as x, y, x, y
-        # torch adds int64 shifts to float32 anchors in float32: cast first (numpy would promote to float64)
-        shifts = shifts.astype(np.float32)                                # (fh*fw, 4)
-        levels.append((shifts[:, None, :] + base[None, :, :]).reshape(-1, 4))  # (fh*fw, A, 4) -> (fh*fw*A, 4)
+        # torch adds int64 shifts to float anchors in its opmath type (float32 for float16 and float32, float64 for
+        # float64; integer shifts are exact there) and rounds the sum to the anchors' dtype (numpy would promote the
+        # int64 + float32 sum to float64; casting the shifts to float16 first would round them twice)
+        opmath = np.promote_types(base.dtype, np.float32)
+        summed = shifts.astype(opmath)[:, None, :] + base.astype(opmath)[None, :, :]   # (fh*fw, A, 4)
+        levels.append(summed.astype(base.dtype).reshape(-1, 4))          # (fh*fw, A, 4) -> (fh*fw*A, 4)
     return np.concatenate(levels, axis=0)                                 # (K, 4)

@@ -18,16 +18,17 @@ import numpy as np
 from numba import njit, prange
 
 from . import _validate as V
-from .resize import _bilinear_value, _linear_coeffs
+from .resize import _bilinear_value, _from_opmath, _in_opmath, _linear_coeffs
 
 # int64 box coordinates must stay far from overflow; torchvision converts with .to(int64) (UB past the range).
 _MAX_ABS_COORD = 2.0 ** 31
 
 
-def expand_boxes(boxes: np.ndarray, scale: np.float32) -> np.ndarray:
-    """(N, 4) float32 boxes grown about their centres by `scale` (torchvision roi_heads.expand_boxes, in float32:
-    w_half = (x2 - x1) * 0.5 * scale, xc = (x2 + x1) * 0.5, box = xc -/+ w_half)."""
-    half = np.float32(0.5)
+def expand_boxes(boxes: np.ndarray, scale) -> np.ndarray:
+    """(N, 4) boxes grown about their centres by `scale` (torchvision roi_heads.expand_boxes, in the boxes' dtype
+    (float32 or float64) with `scale` of that dtype: w_half = (x2 - x1) * 0.5 * scale, xc = (x2 + x1) * 0.5,
+    box = xc -/+ w_half)."""
+    half = boxes.dtype.type(0.5)
     w_half = (boxes[:, 2] - boxes[:, 0]) * half * scale                # (N,)
     h_half = (boxes[:, 3] - boxes[:, 1]) * half * scale                # (N,)
     x_c = (boxes[:, 2] + boxes[:, 0]) * half                           # (N,)
@@ -37,9 +38,11 @@ def expand_boxes(boxes: np.ndarray, scale: np.float32) -> np.ndarray:
 
 @njit(cache=True, parallel=True)
 def _paste_kernel(masks, boxes, im_h, im_w):
-    """masks (N, Mp, Mp) float32 padded probabilities, boxes (N, 4) int64 -> (N, H, W) float32; parallel over N."""
+    """masks (N, Mp, Mp) padded probabilities, float32 or float64, boxes (N, 4) int64 -> (N, H, W) of the masks'
+    dtype, resized with coefficients in that dtype (ATen's opmath); parallel over N."""
     n, mh, mw = masks.shape
-    out = np.zeros((n, im_h, im_w), np.float32)
+    one = masks.dtype.type(1)
+    out = np.zeros((n, im_h, im_w), masks.dtype)
     for k in prange(n):
         bx1, by1, bx2, by2 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
         w = max(bx2 - bx1 + 1, 1)                       # TO_REMOVE = 1: columns bx1..bx2 inclusive
@@ -49,8 +52,8 @@ def _paste_kernel(masks, boxes, im_h, im_w):
         if x_start >= x_stop or y_start >= y_stop:
             continue                                     # box entirely outside the image
         # rows / columns of the (h, w) resized mask that land in the image: offsets (pixel - box corner)
-        y0, y1, ly0, ly1 = _linear_coeffs(mh, h, y_start - by1, y_stop - by1)   # (rows,) each
-        x0, x1, lx0, lx1 = _linear_coeffs(mw, w, x_start - bx1, x_stop - bx1)   # (cols,) each
+        y0, y1, ly0, ly1 = _linear_coeffs(mh, h, y_start - by1, y_stop - by1, one)   # (rows,) each
+        x0, x1, lx0, lx1 = _linear_coeffs(mw, w, x_start - bx1, x_stop - bx1, one)   # (cols,) each
         m = masks[k]
         for r in range(y_stop - y_start):
             top, bottom = m[y0[r]], m[y1[r]]                          # (Mp,) the two source rows
@@ -61,8 +64,12 @@ def _paste_kernel(masks, boxes, im_h, im_w):
 
 
 def paste_masks(masks, boxes, image_shape, padding=1) -> np.ndarray:
-    """(N, M, M) mask probabilities and (N, 4) boxes x1, y1, x2, y2 in image pixels -> (N, H, W) float32 images
+    """(N, M, M) mask probabilities and (N, 4) boxes x1, y1, x2, y2 in image pixels -> (N, H, W) images
     (torchvision roi_heads.paste_masks_in_image without the channel axis). N = 0 gives (0, H, W).
+
+    Dtypes as torchvision: the output has the masks' dtype, resized as `resize_bilinear` resizes that dtype (float64
+    in float64; float16 and uint8 in float32, then rounded); the boxes are grown in their own dtype (float64 stays,
+    others in float32) before the truncation to int64.
 
     Unlike torchvision, a box whose visible part is empty gives an all-zero mask (torchvision may raise or wrap around
     through negative slice bounds for boxes lying entirely above or left of the image).
@@ -76,12 +83,13 @@ def paste_masks(masks, boxes, image_shape, padding=1) -> np.ndarray:
     im_h = V.integer("image_shape[0]", image_shape[0], 0)
     im_w = V.integer("image_shape[1]", image_shape[1], 0)
     pad = V.integer("padding", padding, 0)
-    b = V.finite("boxes", np.ascontiguousarray(b, dtype=np.float32))                  # (N, 4)
+    b = V.finite("boxes", np.ascontiguousarray(b, dtype=np.float64 if b.dtype == np.float64 else np.float32))
     if b.size and np.abs(b).max() >= _MAX_ABS_COORD / 4:
         raise ValueError(f"boxes: expected coordinates of magnitude < {_MAX_ABS_COORD / 4:g}")
     size = m.shape[1]
-    scale = np.float32((size + 2 * pad) / size)                 # Python double, applied in float32 (facts §7)
+    scale = b.dtype.type((size + 2 * pad) / size)               # Python double, applied in the boxes' dtype (§7)
     boxes_i = expand_boxes(b, scale).astype(np.int64)           # (N, 4) truncation toward zero
-    padded = np.zeros((m.shape[0], size + 2 * pad, size + 2 * pad), np.float32)        # (N, M+2P, M+2P)
-    padded[:, pad:pad + size, pad:pad + size] = m
-    return _paste_kernel(padded, boxes_i, im_h, im_w)
+    work = _in_opmath(m)                                        # (N, M, M) float32 or float64
+    padded = np.zeros((m.shape[0], size + 2 * pad, size + 2 * pad), work.dtype)        # (N, M+2P, M+2P)
+    padded[:, pad:pad + size, pad:pad + size] = work
+    return _from_opmath(_paste_kernel(padded, boxes_i, im_h, im_w), m.dtype)        # (N, H, W)

@@ -26,26 +26,28 @@ MAX_SIZE = 1333
 
 
 @njit(cache=True)
-def _linear_coeffs(in_size, out_size, start, stop):
+def _linear_coeffs(in_size, out_size, start, stop, one):
     """Source indices and weights of output positions start..stop-1 for resizing in_size -> out_size along one axis
-    (ATen upsample_bilinear2d, align_corners=False; facts §1):
+    (ATen upsample_bilinear2d, align_corners=False; facts §1), in the dtype T of `one` (1 as float32 or float64: ATen's
+    opmath type, float32 for float32 and float16 tensors, float64 for float64 ones):
 
-    s = f32(in)/f32(out); src = max(s*(d + 0.5) - 0.5, 0); i0 = min(floor(src), in-1); l1 = clamp(src - i0, 0, 1);
-    l0 = 1 - l1; i1 = i0 + 1 if i0 < in-1 else i0. Returns i0, i1 (int64) and l0, l1 (float32), each (stop-start,).
+    s = T(in)/T(out); src = max(s*(d + 0.5) - 0.5, 0); i0 = min(floor(src), in-1); l1 = clamp(src - i0, 0, 1);
+    l0 = 1 - l1; i1 = i0 + 1 if i0 < in-1 else i0. Returns i0, i1 (int64) and l0, l1 (T), each (stop-start,).
     """
+    T = type(one)
     n = stop - start
     i0 = np.empty(n, np.int64)
     i1 = np.empty(n, np.int64)
-    l0 = np.empty(n, np.float32)
-    l1 = np.empty(n, np.float32)
-    scale = np.float32(in_size) / np.float32(out_size)
-    half, zero, one = np.float32(0.5), np.float32(0.0), np.float32(1.0)
+    l0 = np.empty(n, T)
+    l1 = np.empty(n, T)
+    scale = T(in_size) / T(out_size)
+    half, zero = T(0.5), T(0.0)
     for k in range(n):
-        src = scale * (np.float32(start + k) + half) - half
+        src = scale * (T(start + k) + half) - half
         if src < zero:
             src = zero
         idx = min(int(math.floor(src)), in_size - 1)
-        lam = min(max(src - np.float32(idx), zero), one)
+        lam = min(max(src - T(idx), zero), one)
         i0[k] = idx
         i1[k] = idx + 1 if idx < in_size - 1 else idx
         l1[k] = lam
@@ -55,11 +57,12 @@ def _linear_coeffs(in_size, out_size, start, stop):
 
 @njit(cache=True, parallel=True)
 def _resize_kernel(image, out_h, out_w):
-    """(C, H, W) float32 -> (C, OH, OW) float32; parallel over the C*OH output rows."""
+    """(C, H, W) -> (C, OH, OW), float32 or float64 (one compiled version each); parallel over the C*OH rows."""
     c_, h, w = image.shape
-    out = np.empty((c_, out_h, out_w), np.float32)
-    y0, y1, ly0, ly1 = _linear_coeffs(h, out_h, 0, out_h)          # (OH,) each
-    x0, x1, lx0, lx1 = _linear_coeffs(w, out_w, 0, out_w)          # (OW,) each
+    one = image.dtype.type(1)
+    out = np.empty((c_, out_h, out_w), image.dtype)
+    y0, y1, ly0, ly1 = _linear_coeffs(h, out_h, 0, out_h, one)     # (OH,) each
+    x0, x1, lx0, lx1 = _linear_coeffs(w, out_w, 0, out_w, one)     # (OW,) each
     for row in prange(c_ * out_h):
         c, oy = row // out_h, row % out_h
         top, bottom = image[c, y0[oy]], image[c, y1[oy]]          # (W,) the two source rows
@@ -91,13 +94,30 @@ def resized_size(h, w, min_size=MIN_SIZE, max_size=MAX_SIZE) -> tuple[int, int]:
 
 
 def resize_bilinear(image, out_h, out_w) -> np.ndarray:
-    """(C, H, W) -> (C, out_h, out_w) float32, bilinear with align_corners=False and no antialias, as
-    torch.nn.functional.interpolate (facts §1). The input is computed in float32."""
+    """(C, H, W) -> (C, out_h, out_w), bilinear with align_corners=False and no antialias, as
+    torch.nn.functional.interpolate (facts §1), in torch's dtypes: see `_in_opmath` / `_from_opmath`."""
     img = V.array("image", image, ndim=3)
     if img.shape[1] == 0 or img.shape[2] == 0:
         raise ValueError(f"image: expected non-empty height and width, got shape {img.shape}")
     out_h, out_w = V.integer("out_h", out_h, 1), V.integer("out_w", out_w, 1)
-    return _resize_kernel(np.ascontiguousarray(img, dtype=np.float32), out_h, out_w)
+    return _from_opmath(_resize_kernel(_in_opmath(img), out_h, out_w), img.dtype)
+
+
+def _in_opmath(a: np.ndarray) -> np.ndarray:
+    """The array in ATen's opmath type for upsampling: float64 stays float64; float32, float16 and uint8 (the
+    integer type torch's bilinear kernel accepts) are computed in float32. Other integers, which torch refuses, are
+    computed in float32 too and give float32 (`_from_opmath`)."""
+    return np.ascontiguousarray(a, dtype=np.float64 if a.dtype == np.float64 else np.float32)
+
+
+def _from_opmath(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Back to the input's dtype, as torch returns it: float16 rounded to nearest; uint8 rounded to nearest and
+    saturated (ATen's uint8 bilinear rounds, measured against torch 2.14 below); anything else unchanged."""
+    if dtype == np.float16:
+        return out.astype(np.float16)
+    if dtype == np.uint8:
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return out
 
 
 def resize_image(image, min_size=MIN_SIZE, max_size=MAX_SIZE) -> np.ndarray:

@@ -30,9 +30,11 @@ from .boxes import box_area
 
 @njit(cache=True)
 def _bilinear_taps(y, x, height, width):
-    """Flat positions (y*W + x) of the 4 neighbours and their weights w1..w4 for one sample (float32 y, x), as
-    torchvision's pre_calc_for_bilinear_interpolate. An out-of-range sample gets position 0 and weight 0."""
-    zero, one = np.float32(0), np.float32(1)
+    """Flat positions (y*W + x) of the 4 neighbours and their weights w1..w4 for one sample (y, x of the kernel's
+    dtype T, float32 or float64), as torchvision's pre_calc_for_bilinear_interpolate<T>. An out-of-range sample gets
+    position 0 and weight 0."""
+    T = type(y)
+    zero, one = T(0), T(1)
     if y < -1.0 or y > height or x < -1.0 or x > width:
         return 0, 0, 0, 0, zero, zero, zero, zero
     if y <= zero:
@@ -42,15 +44,15 @@ def _bilinear_taps(y, x, height, width):
     y_low, x_low = int(y), int(x)
     if y_low >= height - 1:
         y_high = y_low = height - 1
-        y = np.float32(y_low)
+        y = T(y_low)
     else:
         y_high = y_low + 1
     if x_low >= width - 1:
         x_high = x_low = width - 1
-        x = np.float32(x_low)
+        x = T(x_low)
     else:
         x_high = x_low + 1
-    ly, lx = y - np.float32(y_low), x - np.float32(x_low)
+    ly, lx = y - T(y_low), x - T(x_low)
     hy, hx = one - ly, one - lx
     return (y_low * width + x_low, y_low * width + x_high, y_high * width + x_low, y_high * width + x_high,
             hy * hx, hy * lx, ly * hx, ly * lx)
@@ -58,8 +60,9 @@ def _bilinear_taps(y, x, height, width):
 
 @njit(cache=True, parallel=True)
 def _roi_align_kernel(features, rois, batch_idx, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
-    """features (N, H, W, C) float32 channels-last, rois (K, 5) float32, batch_idx (K,) int64
-    -> (K, C, PH, PW) float32.
+    """features (N, H, W, C) channels-last and rois (K, 5), both of dtype T (float32 or float64), batch_idx (K,)
+    int64 -> (K, C, PH, PW) of dtype T: torchvision's roi_align_forward_kernel_impl<T>, all arithmetic in T. Numba
+    compiles one version per dtype.
 
     Parallel over RoIs. Each sample's 4 taps are computed once and applied to all channels at once (contiguous in
     channels-last memory); every channel still accumulates its samples in torchvision's order (iy outer, ix inner,
@@ -67,11 +70,12 @@ def _roi_align_kernel(features, rois, batch_idx, spatial_scale, pooled_h, pooled
     """
     n, height, width, channels = features.shape
     k_rois = rois.shape[0]
-    out = np.empty((k_rois, channels, pooled_h, pooled_w), np.float32)
+    T = features.dtype.type
+    out = np.empty((k_rois, channels, pooled_h, pooled_w), features.dtype)
     flat = features.reshape(n, height * width, channels)            # (N, H*W, C)
-    scale = np.float32(spatial_scale)
-    offset = np.float32(0.5) if aligned else np.float32(0.0)
-    one = np.float32(1)
+    scale = T(spatial_scale)
+    offset = T(0.5) if aligned else T(0.0)
+    one = T(1)
     for k in prange(k_rois):
         start_w = rois[k, 1] * scale - offset
         start_h = rois[k, 2] * scale - offset
@@ -80,21 +84,21 @@ def _roi_align_kernel(features, rois, batch_idx, spatial_scale, pooled_h, pooled
         if not aligned:                                              # legacy: force malformed RoIs to 1x1
             roi_w = max(roi_w, one)
             roi_h = max(roi_h, one)
-        bin_h = roi_h / np.float32(pooled_h)
-        bin_w = roi_w / np.float32(pooled_w)
-        grid_h = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_h / np.float32(pooled_h)))
-        grid_w = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_w / np.float32(pooled_w)))
-        count = np.float32(max(grid_h * grid_w, 1))
+        bin_h = roi_h / T(pooled_h)
+        bin_w = roi_w / T(pooled_w)
+        grid_h = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_h / T(pooled_h)))
+        grid_w = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_w / T(pooled_w)))
+        count = T(max(grid_h * grid_w, 1))
         gh, gw = max(grid_h, 0), max(grid_w, 0)                       # a negative grid (aligned) samples nothing
         v = flat[batch_idx[k]]                                        # (H*W, C)
-        acc = np.empty(channels, np.float32)                          # (C,) one bin, all channels
+        acc = np.empty(channels, features.dtype)                        # (C,) one bin, all channels
         for ph in range(pooled_h):
             for pw in range(pooled_w):
                 acc[:] = 0
                 for iy in range(gh):
-                    y = (start_h + np.float32(ph) * bin_h) + (np.float32(iy + 0.5) * bin_h) / np.float32(gh)
+                    y = (start_h + T(ph) * bin_h) + (T(iy + 0.5) * bin_h) / T(gh)
                     for ix in range(gw):
-                        x = (start_w + np.float32(pw) * bin_w) + (np.float32(ix + 0.5) * bin_w) / np.float32(gw)
+                        x = (start_w + T(pw) * bin_w) + (T(ix + 0.5) * bin_w) / T(gw)
                         p1, p2, p3, p4, w1, w2, w3, w4 = _bilinear_taps(y, x, height, width)
                         v1, v2, v3, v4 = v[p1], v[p2], v[p3], v[p4]  # (C,) each
                         for c in range(channels):
@@ -105,11 +109,17 @@ def _roi_align_kernel(features, rois, batch_idx, spatial_scale, pooled_h, pooled
 
 
 def roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=False) -> np.ndarray:
-    """(N, C, H, W) features and (K, 5) RoIs as batch_idx, x1, y1, x2, y2 -> (K, C, PH, PW) float32, bitwise equal
-    to torchvision `ops.roi_align` on CPU. sampling_ratio <= 0 samples ceil(roi size / output size) points per bin.
-    Inputs are computed in float32 (float64 is rounded first); NaN/infinite RoIs raise (torchvision would read out
-    of bounds)."""
+    """(N, C, H, W) features and (K, 5) RoIs as batch_idx, x1, y1, x2, y2 -> (K, C, PH, PW), bitwise equal to
+    torchvision `ops.roi_align` on CPU for float32 and float64. sampling_ratio <= 0 samples ceil(roi size / output
+    size) points per bin. NaN/infinite RoIs raise (torchvision would read out of bounds).
+
+    Dtypes: the features' dtype decides, and the RoIs are converted to it (torchvision requires both to be equal).
+    float64 is computed in float64 and float32 in float32, as torchvision. float16 returns float16 but is computed in
+    float32 and rounded once at the end, where torchvision's Half kernel rounds every coordinate, weight and partial
+    sum to half precision: the result is torchvision's float32 result on the same inputs, rounded. Integer
+    features (which torchvision refuses) are computed in float32 and give float32."""
     f = V.array("features", features, ndim=4)
+    features_dtype = f.dtype
     r = V.finite("rois", V.array("rois", rois, ndim=2, last=5))
     ph, pw = V.pair("output_size", output_size)
     scale = V.real("spatial_scale", spatial_scale, low=0.0, low_inclusive=False)
@@ -121,9 +131,11 @@ def roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligne
         raise ValueError(f"rois: expected column 0 to hold integer batch indices in [0, {f.shape[0]})")
     # channels-last copy: ~8x faster sampling than (N, C, H, W) for 256 channels (measured), no copy if the input
     # already is a transposed channels-last array
-    f = np.ascontiguousarray(f.transpose(0, 2, 3, 1), dtype=np.float32)  # (N, C, H, W) -> (N, H, W, C)
-    r = np.ascontiguousarray(r, dtype=np.float32)                      # (K, 5)
-    return _roi_align_kernel(f, r, batch, scale, ph, pw, ratio, bool(aligned))
+    dtype = np.float64 if f.dtype == np.float64 else np.float32         # the kernel's T
+    f = np.ascontiguousarray(f.transpose(0, 2, 3, 1), dtype=dtype)     # (N, C, H, W) -> (N, H, W, C)
+    r = np.ascontiguousarray(r, dtype=dtype)                           # (K, 5)
+    out = _roi_align_kernel(f, r, batch, scale, ph, pw, ratio, bool(aligned))   # (K, C, PH, PW)
+    return out.astype(np.float16) if features_dtype == np.float16 else out
 
 
 def infer_scales(feature_shapes, image_size) -> list[float]:
@@ -179,7 +191,8 @@ def fpn_levels(boxes, k_min=2, k_max=5, canonical_scale=224, canonical_level=4, 
 def multiscale_roi_align(features, boxes, image_size, output_size, sampling_ratio,
                          canonical_scale=224, canonical_level=4) -> np.ndarray:
     """RoIAlign of (K, 4) boxes of one image from the level FPN Eq. 1 assigns them (torchvision MultiScaleRoIAlign
-    for a single image, facts §5) -> (K, C, PH, PW) float32, in the order of `boxes`.
+    for a single image, facts §5) -> (K, C, PH, PW) in the order of `boxes`, of the first map's dtype as
+    `roi_align` gives it (float64 and float16 stay, anything else is float32).
 
     features: L maps (C, Hl, Wl) (P2..P5, torchvision's featmap names '0'..'3'); image_size: (h, w) of the resized,
     unpadded image. Scales are inferred as `infer_scales`, k_min/k_max = -log2 of the first/last scale. With a
@@ -194,14 +207,16 @@ def multiscale_roi_align(features, boxes, image_size, output_size, sampling_rati
     b = V.finite("boxes", V.array("boxes", boxes, ndim=2, last=4))
     ph, pw = V.pair("output_size", output_size)
     scales = infer_scales([m.shape for m in maps], image_size)
-    rois = np.zeros((b.shape[0], 5), np.float32)                         # (K, 5) batch index 0, then the box
+    kernel_dtype = np.float64 if maps[0].dtype == np.float64 else np.float32
+    out_dtype = np.float16 if maps[0].dtype == np.float16 else kernel_dtype   # torchvision: x_filtered[0].dtype
+    rois = np.zeros((b.shape[0], 5), kernel_dtype)                       # (K, 5) batch index 0, then the box
     rois[:, 1:] = b
     if len(maps) == 1:
         return roi_align(maps[0][None], rois, (ph, pw), scales[0], sampling_ratio)
     k_min = int(-np.log2(np.float32(scales[0])))
     k_max = int(-np.log2(np.float32(scales[-1])))
     levels = fpn_levels(b, k_min, k_max, canonical_scale, canonical_level)   # (K,) 0..L-1
-    out = np.zeros((b.shape[0], maps[0].shape[0], ph, pw), np.float32)   # (K, C, PH, PW)
+    out = np.zeros((b.shape[0], maps[0].shape[0], ph, pw), out_dtype)    # (K, C, PH, PW)
     for level, (fmap, scale) in enumerate(zip(maps, scales)):
         idx = np.flatnonzero(levels == level)                            # (K_l,)
         if idx.size:

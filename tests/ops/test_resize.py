@@ -89,10 +89,11 @@ def test_identity_when_the_size_is_unchanged():
 
 @settings(max_examples=20)
 @given(seed=st.integers(0, 2**32 - 1), h=st.integers(1, 12), w=st.integers(1, 12), oh=st.integers(1, 25),
-       ow=st.integers(1, 25), layout=st.sampled_from(["c", "strided", "float64"]))
+       ow=st.integers(1, 25), layout=st.sampled_from(["c", "strided"]))
 def test_kernel_matches_loop_reference(seed, h, w, oh, ow, layout):
+    """float32 only: float64 is computed in float64 (test_dtypes.py checks it against torch's float64 kernel)."""
     x = np.random.default_rng(seed).standard_normal((2, h, w)).astype(np.float32)
-    arg = {"c": x, "strided": np.repeat(x, 2, axis=2)[..., ::2], "float64": x.astype(np.float64)}[layout]
+    arg = {"c": x, "strided": np.repeat(x, 2, axis=2)[..., ::2]}[layout]
     np.testing.assert_array_equal(ops.resize_bilinear(arg, oh, ow), naive.resize_bilinear(x, oh, ow))
 
 

@@ -77,10 +77,13 @@ def test_roi_align_bitwise_torchvision(seed, n, c, h, w, k, ph, pw, scale, sampl
            "channels_last": np.ascontiguousarray(feats.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
            "float64": feats.astype(np.float64)}[layout]
     ours = ops.roi_align(arg, rois, (ph, pw), scale, sampling, aligned)
+    if layout == "float64":                      # float64 is computed in float64, as torchvision's double kernel
+        feats, rois = feats.astype(np.float64), rois.astype(np.float64)
     ref = tv.ops.roi_align(torch.from_numpy(feats), torch.from_numpy(rois), (ph, pw), scale, sampling,
                            aligned).numpy()
-    assert ours.dtype == np.float32 and ours.shape == (k, c, ph, pw)
-    np.testing.assert_array_equal(ours.view(np.int32), ref.view(np.int32))     # bitwise, signed zeros included
+    assert ours.dtype == ref.dtype and ours.shape == (k, c, ph, pw)
+    view = np.int64 if layout == "float64" else np.int32
+    np.testing.assert_array_equal(ours.view(view), ref.view(view))             # bitwise, signed zeros included
 
 
 @settings(max_examples=15)
