@@ -18,6 +18,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import oracle
 import tv_models
@@ -73,6 +75,37 @@ def test_perturbed_weights_are_named(tmp_path):
     s[0] = s[0] + 8 * np.spacing(s[0])
     bad = [c.key for c in onnx_weights.check_weights(rec2, export.state_dict, 1e-5) if not c.ok]
     assert bad == [f"{bn}.weight", unfolded]
+
+
+@settings(max_examples=10)
+@given(data=st.data())
+def test_any_perturbed_tensor_is_named(data):
+    """Whichever stored tensor (or FrozenBatchNorm2d scale/shift) is moved, by whatever amount beyond its bound
+    (1-4 ulp where bitwise equality is required, 8-64 ulp where the 4U/5U fold bounds apply), exactly it is named."""
+    export = exported(SMALL)
+    rec = _small_recovered()
+    key = data.draw(st.sampled_from(sorted(k for k in rec.raw if not k.endswith(".eps"))))
+    a = rec.raw[key]
+    i = data.draw(st.integers(0, a.size - 1))
+    folded = key.endswith((".scale", ".shift"))
+    ulps = data.draw(st.integers(8, 64) if folded else st.integers(1, 4))
+    moved = a.copy()
+    moved.flat[i] = moved.flat[i] + ulps * np.spacing(np.abs(moved.flat[i])) * data.draw(st.sampled_from([-1, 1]))
+    raw = dict(rec.raw)
+    raw[key] = moved
+    bad = [c.key for c in onnx_weights.check_weights(onnx_weights.Recovered(rec.state_dict, rec.fold, raw),
+                                                     export.state_dict, 1e-5) if not c.ok]
+    want = key.rsplit(".", 1)[0] + (".weight" if key.endswith(".scale") else ".bias") if folded else key
+    assert bad == [want]
+
+
+_RECOVERED = {}
+
+
+def _small_recovered():
+    if "small" not in _RECOVERED:
+        _RECOVERED["small"] = onnx_weights.recover_state_dict(read_graph(exported(SMALL).path))
+    return _RECOVERED["small"]
 
 
 # --- clean exports -------------------------------------------------------------------------------------------------
