@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from minimaskrcnn.cli.options import FORMATTER, JSON_NAME, PROG, UsageError, describe, load_options, positive
+from minimaskrcnn.cli.options import FORMATTER, JSON_NAME, PROG, UsageError, load_options, positive
+from minimaskrcnn.cli.collection import cmd_segment
 from minimaskrcnn.cli.steps import class_list, detector, load_model, objects_line, prepare_outdir, summary
 
 SEGMENT_EPILOG = f"""outputs in OUTDIR, for an image named STEM.*:
@@ -56,6 +56,10 @@ def add_commands(sub, general, model) -> None:
     seg.add_argument("--cutouts", action="store_true", help="each object as a transparent PNG cropped to its box")
     seg.add_argument("--semantic", action="store_true", help="class-id map PNG and a colour preview")
     seg.add_argument("--instances", action="store_true", help="instance-id map PNG")
+    run = _cluster_options(seg)
+    run.add_argument("--resume", action="store_true",
+                     help="finish the interrupted run of the same command in OUTDIR: skip the images whose outputs "
+                          "its journal records as complete")
     seg.set_defaults(func=cmd_segment)
 
     vid = sub.add_parser("video", parents=[model, general], formatter_class=FORMATTER, epilog=VIDEO_EPILOG,
@@ -69,67 +73,16 @@ def add_commands(sub, general, model) -> None:
     vid.set_defaults(func=cmd_video)
 
 
-def cmd_segment(args) -> int:
-    wanted = class_list(args.classes)
-    outdir = prepare_outdir(args.output)
-    from minimaskrcnn.image import read_image
-    from minimaskrcnn.io.images import find_images
-    inputs, problems = find_images(args.inputs, args.recursive)
-    for item, why in problems:
-        print(f"{PROG}: error: {item}: {why}", file=sys.stderr)
-    if not inputs:
-        return 2                                                     # nothing to do: each input's problem is said
-
-    from minimaskrcnn.atomic import protect
-    from minimaskrcnn.cli.progress import Progress
-    from minimaskrcnn.io import coco, files
-
-    model, keep = load_model(args.weights, wanted, **load_options(args))
-    detect = detector(model, args.score_threshold, keep)
-    protected = protect(inputs)
-    ids, stems = coco.assign_image_ids(inputs), files.output_stems(inputs)
-    results, objects, seconds, failures = [], Counter(), [], len(problems)
-    with Progress(len(inputs), "images", enabled=None if not args.quiet else False) as bar:
-        for path, stem, image_id in zip(inputs, stems, ids):
-            try:
-                t0 = time.perf_counter()
-                image = read_image(path)
-                det = detect(image)
-                seconds.append(time.perf_counter() - t0)
-                _write_image_outputs(args, outdir, stem, image, det, protected)
-                if args.json:
-                    results.extend(coco.coco_results(det, image_id, os.path.basename(path), args.mask_threshold))
-                objects.update(det.label_names)
-            except (ValueError, OSError) as e:                       # unreadable image, unwritable output
-                failures += 1
-                bar.write(f"{PROG}: error: {describe(e)}")
-            bar.update()
-    if args.json:
-        files.write_json(results, os.path.join(outdir, JSON_NAME), protected)
-    done = len(seconds)
-    mean = f"; {sum(seconds) / done:.2f} s per image" if done else ""
-    summary([f"{done} of {len(inputs) + len(problems)} inputs done, {failures} failed{mean}",
-              objects_line(objects), f"outputs in {outdir}"], args.quiet)
-    return 1 if failures else 0
-
-
-def _write_image_outputs(args, outdir: str, stem: str, image, det, protected) -> None:
-    from minimaskrcnn.io.files import write_png
-    from minimaskrcnn.render import cutouts, labelmaps, overlay
-    t = args.mask_threshold
-
-    def path(kind: str) -> str:
-        return os.path.join(outdir, f"{stem}_{kind}.png")
-
-    write_png(overlay.render_overlay(image, det, t), path("overlay"), protected)
-    if args.cutouts:
-        cutouts.write_cutouts(outdir, stem, image, det, t, protected)
-    if args.semantic:
-        sem = labelmaps.semantic_map(det, t)
-        write_png(sem, path("semantic"), protected)
-        write_png(labelmaps.colorize(sem, len(det.class_names)), path("semantic_color"), protected)
-    if args.instances:
-        write_png(labelmaps.instance_map(det, t), path("instances"), protected)
+def _cluster_options(parser):
+    """--scheduler / --workers (exclusive); returns the group for the command's own run options."""
+    group = parser.add_argument_group("distributed and long runs (Dask: pip install \"minimaskrcnn[distributed]\")")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the Dask cluster of the scheduler at ADDRESS (tcp://host:port); the workers need "
+                            "minimaskrcnn and the weights")
+    where.add_argument("--workers", type=positive, metavar="N",
+                       help="run on N single-threaded worker processes started on this machine (a local Dask cluster)")
+    return group
 
 
 def cmd_video(args) -> int:
