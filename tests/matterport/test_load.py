@@ -13,7 +13,7 @@ import pytest
 import matterport_oracle
 import minimaskrcnn
 from minimaskrcnn.cli.main import main as cli_main
-from minimaskrcnn.weights import WeightsError, weights_family
+from minimaskrcnn.weights import WeightsError, load_matterport_weights, resolve_weights, weights_family
 from weights_convert.matterport_convert import read_matterport
 
 R50 = {"BACKBONE": "resnet50", "NUM_CLASSES": 4, "TOP_DOWN_PYRAMID_SIZE": 128, "FPN_CLASSIF_FC_LAYERS_SIZE": 256,
@@ -40,7 +40,8 @@ def test_load_converts_once_and_applies_config_and_names(h5, home):
     converted = list((home / "converted").glob("*.npz"))
     assert len(converted) == 1 and weights_family(converted[0]) == "matterport"
     mtime = converted[0].stat().st_mtime_ns
-    cfg_default = minimaskrcnn.load(h5).cfg                                # the cached file, other overrides
+    assert resolve_weights(h5) == converted[0]                              # the cached file, not made again
+    cfg_default, _ = load_matterport_weights(h5)                             # with other (no) overrides
     assert converted[0].stat().st_mtime_ns == mtime and cfg_default.IMAGE_MIN_DIM == 800
     cfg, arrays = read_matterport(converted[0])
     _, direct = read_matterport(h5)
