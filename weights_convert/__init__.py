@@ -6,7 +6,9 @@
 
 Modules: `pickle_scan` + `unpickler` (the restricted pickle), `reader` (zip and legacy `torch.save` formats),
 `layout` (the state-dict layout of a Config, and its validation), `infer` (the Config of a state dict), `convert`,
-`npz` (the output format), `__main__` (the CLI). Nothing here imports torch.
+`npz` (the output format), `__main__` (the CLI). The matterport family: `keras_h5` (Keras HDF5 weights, through the
+optional extra h5py), `pytorch_mask_rcnn` (its `.pth` key names), `matterport_layout` (what a matterport file holds and
+shows), `matterport_convert` (`read_matterport`, conversion, the family's `.npz`). Nothing here imports torch.
 """
 from .convert import DEFAULT_BN_EPS, OFFICIAL_V1_SHA256_PREFIXES, convert, default_bn_eps, legacy_renames, prepare
 from .errors import CheckpointError, LayoutError, UnsafeCheckpointError, WeightsFileError
