@@ -345,3 +345,9 @@ def test_corrupt_bytes_in_a_real_files_structure_are_one_line_errors_or_read(r50
     except CheckpointError as e:
         assert "\n" not in str(e)
     os.unlink(path)
+
+
+def test_without_h5py_the_error_names_the_extra(tmp_path, monkeypatch):
+    path = _write_keras(tmp_path / "m.h5", _dense("dense_1"))
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)       # as if the extra were not installed
+    _one_line_error(path, r"reading Keras .h5 weights needs h5py: pip install 'minimaskrcnn\[hdf5\]'")
