@@ -351,3 +351,19 @@ def test_without_h5py_the_error_names_the_extra(tmp_path, monkeypatch):
     path = _write_keras(tmp_path / "m.h5", _dense("dense_1"))
     monkeypatch.setitem(__import__("sys").modules, "h5py", None)       # as if the extra were not installed
     _one_line_error(path, r"reading Keras .h5 weights needs h5py: pip install 'minimaskrcnn\[hdf5\]'")
+
+
+def test_a_converted_file_whose_metadata_contradicts_its_arrays_is_refused(r50, tmp_path):
+    from weights_convert import write_npz
+    from weights_convert.npz import read_npz_metadata
+    dst = convert(r50 / "weights.h5", tmp_path / "m.npz")
+    meta = read_npz_metadata(dst)
+    meta["config"]["NUM_CLASSES"] = 5
+    meta["config"]["class_names"] = ["BG"] + [f"c{i}" for i in range(4)]
+    with np.load(dst, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "__metadata__"}
+    write_npz(tmp_path / "edited.npz", arrays, meta)
+    _one_line_error(tmp_path / "edited.npz", "NUM_CLASSES 5 contradicts the weights file, which has NUM_CLASSES 4")
+    with pytest.raises(CheckpointError, match="matterport'?-family weights"):
+        from weights_convert import read_npz
+        read_npz(dst)                                  # the torchvision reader does not misread the family
