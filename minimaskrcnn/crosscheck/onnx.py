@@ -143,7 +143,6 @@ def crosscheck(model_path, images, weights=None, tolerances=None, threads: int |
                         f"size or with dynamic_axes from a torchvision that traces the size")))
         values, groups = run_onnx(g, x, threads)
         t = stage_arrays(values, groups, cfg, x.shape[1:])
-        t.pop("_rpn_levels", None)
         report.traces[name] = Trace(t)
         if not (first_failure and wrong_size):
             report.stages += stage_rows(name, model, x, t, tol, first_failure)

@@ -83,7 +83,6 @@ def stage_arrays(values: dict, groups: dict, cfg: Config, original_size) -> Orde
     obj, dlt = _levels(groups.get("objectness", []), values), _levels(groups.get("rpn_deltas", []), values)
     if obj and len(obj) == len(dlt):
         t["objectness"], t["rpn_deltas"] = flatten_head_outputs(obj, dlt)     # (K,), (K, 4)
-    t["_rpn_levels"] = [o.shape for o in obj]                                 # (A, Hl, Wl) per level, internal
     prop = first("proposals", lambda v: v.ndim == 2 and v.shape[1] == 4 and v.dtype.kind == "f")
     if prop is not None:
         t["proposals"] = prop                                                 # (P, 4)
