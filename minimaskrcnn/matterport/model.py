@@ -39,10 +39,21 @@ class MatterportMaskRCNN:
 
     def predict(self, image, score_threshold=None, trace=False):
         """Detections of one (H, W, 3) uint8 RGB image; with trace=True, (Detections, Trace)."""
-        cfg, t = self.cfg, Trace(keep_arrays=trace)
+        t = Trace(keep_arrays=trace)
         image = np.asarray(image)
         with t.timed("mold"):
-            molded, window, _ = mold_image(image, cfg)                          # (Hp, Wp, 3), (4,)
+            molded, window, _ = mold_image(image, self.cfg)                     # (Hp, Wp, 3), (4,)
+        return self.detect_molded(molded, window, image.shape, score_threshold, trace, t)
+
+    def detect_molded(self, molded, window, original_shape, score_threshold=None, trace=False, t=None):
+        """The network from a molded image (Hp, Wp, 3) float32 and its pixel window (y1, x1, y2, x2) on, for an
+        original image of `original_shape` (matterport's `detect_molded`, used to feed its own molded input)."""
+        cfg, t = self.cfg, t if t is not None else Trace(keep_arrays=trace)
+        molded = np.asarray(molded, np.float32)
+        if molded.ndim != 3 or molded.shape[2] != 3 or molded.shape[0] % 64 or molded.shape[1] % 64:
+            raise ValueError(f"molded: expected (Hp, Wp, 3) with Hp, Wp multiples of 64, got {molded.shape}")
+        window = np.asarray(window)
+        shape = tuple(original_shape[:2])                                        # (H, W) of the original image
         t.record(molded=molded, window=window)
         with t.timed("backbone"):
             c = bb.backbone(np.ascontiguousarray(molded.transpose(2, 0, 1)), self.backbone)   # [(C, h, w)] x 4
@@ -63,16 +74,16 @@ class MatterportMaskRCNN:
         t.record(roi_align_classifier=pooled, mrcnn_class_logits=cls_logits, mrcnn_class=cls_probs,
                  mrcnn_bbox=bbox, mrcnn_detection=dets)
         with t.timed("mask branch"):
-            boxes, class_ids, scores, rows = unmold_boxes(dets, window, molded.shape, image.shape)
+            boxes, class_ids, scores, rows = unmold_boxes(dets, window, molded.shape, shape)
             pooled = pyramid_roi_align(dets[rows, :4], maps, molded.shape, cfg.MASK_POOL_SIZE)   # (N, 14, 14, 256)
             masks = hd.mask_head(pooled, self.mask_head)                        # (N, 28, 28, K)
             own = masks[np.arange(len(rows)), :, :, class_ids]                  # (N, 28, 28)
-            full = unmold_masks(own, boxes, image.shape)                        # (N, H, W)
+            full = unmold_masks(own, boxes, shape)                        # (N, H, W)
         t.record(roi_align_mask=pooled, mrcnn_mask=masks, boxes_yxyx=boxes)
         keep = np.ones(len(scores), bool) if score_threshold is None else scores >= score_threshold
         det = Detections(boxes[keep][:, [1, 0, 3, 2]].astype(np.float32),     # (y1, x1, y2, x2) -> (x1, y1, x2, y2)
                          class_ids[keep].astype(np.int64), scores[keep].astype(np.float32), full[keep],
-                         self.class_names, tuple(image.shape[:2]))
+                         self.class_names, shape)
         return (det, t) if trace else det
 
 
