@@ -37,16 +37,26 @@ def set_num_threads(n: int) -> list:
     Both are capped at the CPUs this process may run on (more threads than cores only preempt each other; Numba's
     pool is that size anyway unless NUMBA_NUM_THREADS says otherwise).
 
-    Call it after importing the network (`minimaskrcnn.load` imports NumPy and Numba); BLAS libraries loaded later
-    keep their own setting until the next call.
+    NumPy's and SciPy's BLAS are loaded first if they are not yet; another BLAS loaded later keeps its own setting
+    until the next call.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive integer number of threads, got {n!r}")
     import numba
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    _load_scipy_blas()
     for pool in _loaded_blas():
         pool.set(min(n, usable_cpus()))
     return blas_pools()
+
+
+def _load_scipy_blas() -> None:
+    """Load SciPy's BLAS now, so that it is limited too: Numba imports SciPy, whose OpenBLAS (a second copy) is
+    otherwise loaded later, during a first compilation, and would keep one thread per core."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:                   # SciPy is a dependency; a broken install only loses this pool's limit
+        pass
 
 
 def usable_cpus() -> int:
