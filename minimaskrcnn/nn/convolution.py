@@ -243,8 +243,12 @@ def _im2col_kernel(x, k, s, p, w_out, r0, r1, cols):
                 continue
             src = x[c, iy]                                                  # (W,)
             dst[:ox_lo] = 0.0
+            # element loops, not `dst[a:b] = src[c:d]`: an array-to-array slice assignment makes Numba compile its
+            # shape-mismatch error message (string formatting, ~3 s of a fresh install's first run); LLVM vectorizes
+            # these loops all the same
             if s == 1:
-                dst[ox_lo:ox_hi] = src[ix_lo:ix_lo + ox_hi - ox_lo]
+                for q in range(ox_hi - ox_lo):
+                    dst[ox_lo + q] = src[ix_lo + q]
             else:
                 for ox in range(ox_lo, ox_hi):
                     dst[ox] = src[ix_lo + (ox - ox_lo) * s]
@@ -264,7 +268,9 @@ def _im2col_channels_last_kernel(x, k, s, p, h_out, w_out, m0, m1, cols):
                 ix = ox * s - p + kx
                 dst = cols[m - m0, (ky * k + kx) * c_in:(ky * k + kx + 1) * c_in]   # (C,)
                 if 0 <= iy < h and 0 <= ix < w:
-                    dst[:] = x[n, iy, ix]
+                    src = x[n, iy, ix]                                      # (C,)
+                    for c in range(c_in):                                   # (no slice assignment: see above)
+                        dst[c] = src[c]
                 else:
                     dst[:] = 0.0
 

@@ -67,10 +67,11 @@ def conv3x3(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> np.nd
     rows = max(1, BLOCK_BYTES // (4 * 16 * max(c_in, c_out) * tw))          # tile rows per block
     t_max = min(rows, th) * tw
     v_buf, m_buf = scratch("winograd_v", (c_in, 16, t_max)), scratch("winograd_m", (c_out, 16, t_max))
+    d = np.zeros((4, 2 * tw + 2), np.float32)                               # 4 input rows with their zero padding
     for ty0 in range(0, th, rows):
         ty1 = min(ty0 + rows, th)
         v, m = v_buf[:, :, : (ty1 - ty0) * tw], m_buf[:, :, : (ty1 - ty0) * tw]   # (C, 16, T), (C', 16, T)
-        _input_tiles_kernel(x, ty0, ty1, v)
+        _input_tiles_kernel(x, ty0, ty1, d, v)
         # (16, C', C) @ (16, C, T) -> (16, C', T): one GEMM per tile position; the strided views need no copy
         np.matmul(u, v.transpose(1, 0, 2), out=m.transpose(1, 0, 2))
         _output_tiles_kernel(m, bias, ty0, ty1, relu, out)
@@ -86,10 +87,11 @@ def conv3x3_rois(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> 
     out = np.empty((n, h, w, c_out), np.float32)                            # (N, H, W, C')
     v_buf = scratch("winograd_v", (16, min(rois, n) * per_roi, c_in))
     m_buf = scratch("winograd_m", (16, min(rois, n) * per_roi, c_out))
+    d = np.empty((4, 4, c_in), np.float32)                                  # one input tile, all channels
     for n0 in range(0, n, rois):
         n1 = min(n0 + rois, n)
         v, m = v_buf[:, : (n1 - n0) * per_roi], m_buf[:, : (n1 - n0) * per_roi]  # (16, T, C), (16, T, C')
-        _input_tiles_rois_kernel(x, n0, n1, v)
+        _input_tiles_rois_kernel(x, n0, n1, d, v)
         np.matmul(v, u, out=m)                                              # (16, T, C) @ (16, C, C') -> (16, T, C')
         _output_tiles_rois_kernel(m, bias, n0, n1, relu, out)
     return out
@@ -100,18 +102,20 @@ def conv3x3_rois(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> 
 # ----------------------------------------------------------------------------------------------------------------
 
 @njit(cache=True)
-def _input_tiles_kernel(x, ty0, ty1, v):
+def _input_tiles_kernel(x, ty0, ty1, d, v):
     """v[c, 4i + j, (ty - ty0)*TW + tx] = (B^T d B)[i, j] of the tile d = x[c, 2ty-1 : 2ty+3, 2tx-1 : 2tx+3] (zero
-    outside the image), for the tile rows ty0..ty1. Serial (see convolution._im2col_kernel)."""
+    outside the image), for the tile rows ty0..ty1; d (4, 2TW + 2) is zeros on entry, a row buffer whose padding
+    columns stay zero (allocated by the caller: an allocation inside a kernel costs compile time on a fresh
+    install). Serial (see convolution._im2col_kernel)."""
     c_in, h, w = x.shape
     tw = (w + 1) // 2
-    d = np.zeros((4, 2 * tw + 2), np.float32)                              # 4 input rows with their zero padding
     for c in range(c_in):
         for ty in range(ty0, ty1):
             for i in range(4):
                 iy = 2 * ty - 1 + i
                 if 0 <= iy < h:
-                    d[i, 1:w + 1] = x[c, iy]
+                    for ix in range(w):                                     # (no slice assignment: see
+                        d[i, 1 + ix] = x[c, iy, ix]                         # convolution._im2col_kernel)
                 else:
                     d[i, 1:w + 1] = 0.0
             t0 = (ty - ty0) * tw
@@ -173,12 +177,12 @@ def _output_tile(m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14
 
 
 @njit(cache=True)
-def _input_tiles_rois_kernel(x, n0, n1, v):
+def _input_tiles_rois_kernel(x, n0, n1, d, v):
     """v[4i + j, tile, :] = (B^T d B)[i, j] of the tile d = x[n, 2ty-1 : 2ty+3, 2tx-1 : 2tx+3, :] (zero outside the
-    RoI), tiles numbered ((n - n0)*TH + ty)*TW + tx, whole pixels (C floats) at a time."""
+    RoI), tiles numbered ((n - n0)*TH + ty)*TW + tx, whole pixels (C floats) at a time; d (4, 4, C) is a scratch
+    tile (see _input_tiles_kernel)."""
     _, h, w, c_in = x.shape
     th, tw = (h + 1) // 2, (w + 1) // 2
-    d = np.zeros((4, 4, c_in), np.float32)
     for n in range(n0, n1):
         for ty in range(th):
             for tx in range(tw):
@@ -186,7 +190,8 @@ def _input_tiles_rois_kernel(x, n0, n1, v):
                     for j in range(4):
                         iy, ix = 2 * ty - 1 + i, 2 * tx - 1 + j
                         if 0 <= iy < h and 0 <= ix < w:
-                            d[i, j] = x[n, iy, ix]
+                            for c in range(c_in):                           # (no slice assignment, as above)
+                                d[i, j, c] = x[n, iy, ix, c]
                         else:
                             d[i, j] = 0.0
                 t = ((n - n0) * th + ty) * tw + tx

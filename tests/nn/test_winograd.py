@@ -38,9 +38,10 @@ def test_transform_kernels_equal_the_matrix_formulas_bitwise(c, n, h, w, relu, s
     bias = random_array(rng, c + 1)
     expected_out = winograd_output_transform_naive(m, bias, h, w, relu)      # (C', H, W)
     got_out = np.full_like(expected_out, np.nan)
+    rows = np.zeros((4, 2 * tw + 2), np.float32)                             # the row buffer, reused as conv3x3 does
     for ty0, ty1 in block_pairs(rng, th):
         got = np.full((c, 16, (ty1 - ty0) * tw), np.nan, np.float32)
-        winograd._input_tiles_kernel(x, ty0, ty1, got)
+        winograd._input_tiles_kernel(x, ty0, ty1, rows, got)
         np.testing.assert_array_equal(got, expected[:, :, ty0 * tw:ty1 * tw])
         winograd._output_tiles_kernel(np.ascontiguousarray(m[:, :, ty0 * tw:ty1 * tw]), bias, ty0, ty1, relu, got_out)
     np.testing.assert_array_equal(got_out, expected_out)
@@ -48,9 +49,10 @@ def test_transform_kernels_equal_the_matrix_formulas_bitwise(c, n, h, w, relu, s
     x = random_array(rng, (n, h, w, c))
     m = random_array(rng, (16, n * th * tw, c + 1))                          # (16, N*TH*TW, C')
     got_out = np.full((n, h, w, c + 1), np.nan, np.float32)
+    tile = np.full((4, 4, c), np.nan, np.float32)                            # scratch: every element written first
     for n0, n1 in block_pairs(rng, n):
         got = np.full((16, (n1 - n0) * th * tw, c), np.nan, np.float32)
-        winograd._input_tiles_rois_kernel(x, n0, n1, got)
+        winograd._input_tiles_rois_kernel(x, n0, n1, tile, got)
         for r in range(n0, n1):
             roi = slice((r - n0) * th * tw, (r - n0 + 1) * th * tw)
             np.testing.assert_array_equal(got[:, roi], winograd_input_transform_naive(
