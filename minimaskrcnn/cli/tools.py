@@ -1,9 +1,11 @@
-"""`minimaskrcnn demo` (the built-in shapes model, offline) and `minimaskrcnn bench` (speed against torchvision).
+"""`minimaskrcnn demo` (the built-in shapes model, offline) and `minimaskrcnn bench` (speed against torchvision
+and ONNX Runtime).
 
 Like the rest of the CLI, heavy modules are imported inside the command functions, after `--threads` is applied.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections import Counter
@@ -27,23 +29,54 @@ def add_commands(sub, general) -> None:
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", parents=[general], formatter_class=FORMATTER,
-                           help="speed and memory against torchvision (needs torch and torchvision)",
-                           description="Run minimaskrcnn and torchvision with the same weights, threads and images, "
-                                       "alternately, and print latencies, ratios, stages, memory and start-up costs.",
-                           epilog=f"examples:\n  {PROG} bench\n  {PROG} bench --threads 1 --sizes 480x640 --repeats 9")
+                           help="speed and memory against torchvision and ONNX Runtime (needs torch, torchvision, "
+                                "onnx, onnxruntime)",
+                           description="Run minimaskrcnn, torchvision and ONNX Runtime (torchvision's ONNX export) with "
+                                       "the same weights, threads and images, in turn, and print latencies, ratios to "
+                                       "the fastest, stages, memory, the BLAS kernel each one runs, the ratio to the "
+                                       "direct-GEMM time and start-up costs.",
+                           epilog=f"examples:\n  {PROG} bench\n  {PROG} bench --threads 1 --sizes 480x640 --repeats 9"
+                                  f"\n  {PROG} bench --native-blas --throughput 8")
     bench.add_argument("--repeats", type=positive, default=5, metavar="N",
                        help="timed runs of each, after one warm-up (default 5)")
     bench.add_argument("--sizes", type=sizes, default=sizes("480x640,800x1333"), metavar="HxW,...",
                        help="comma-separated input sizes (default 480x640,800x1333)")
+    bench.add_argument("--peers", type=peers, default=PEERS, metavar="NAME,...",
+                       help=f"which implementations, comma-separated (default {','.join(PEERS)})")
+    bench.add_argument("--native-blas", action="store_true",
+                       help="start the workers without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, so that OpenBLAS picks "
+                            "its kernel for this CPU (the variables stay as they are for everything else)")
+    bench.add_argument("--throughput", type=positive, default=0, metavar="N",
+                       help="also: N images through one process with all threads, and through one 1-thread "
+                            "process per thread at the same time (images per second)")
     bench.add_argument("--v2", action="store_true", help="benchmark maskrcnn_resnet50_fpn_v2")
     bench.add_argument("--json", metavar="FILE", help="also write the raw results here")
     bench.set_defaults(func=cmd_bench)
 
 
+PEERS = ("minimaskrcnn", "torchvision", "onnxruntime")
+
+
+def peers(text: str) -> tuple:
+    """A comma-separated subset of PEERS, in PEERS' order."""
+    names = {t.strip() for t in text.split(",") if t.strip()}
+    unknown = sorted(names - set(PEERS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(PEERS)}, got {text!r}")
+    return tuple(p for p in PEERS if p in names)
+
+
 def cmd_bench(args) -> int:
-    """Needs torch and torchvision (the peers); --threads defaults to all cores for both."""
+    """Needs torch and torchvision (and onnx + onnxruntime for that peer); --threads defaults to all cores."""
+    import importlib.util
+    needed = ["torch", "torchvision"] + (["onnx", "onnxruntime"] if "onnxruntime" in args.peers else [])
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"bench needs {', '.join(missing)}: pip install '.[test]'"
+                         + (" (or --peers minimaskrcnn,torchvision)" if "onnxruntime" in missing else ""))
     from minimaskrcnn.crosscheck.bench import run
-    return run(args.sizes, args.threads or os.cpu_count(), args.repeats, v2=args.v2, json_path=args.json)
+    return run(args.sizes, args.threads or os.cpu_count(), args.repeats, v2=args.v2, json_path=args.json,
+               peers=args.peers, native_blas=args.native_blas, throughput_images=args.throughput)
 
 
 # --- demo -------------------------------------------------------------------------------------------------------------

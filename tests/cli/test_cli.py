@@ -70,6 +70,8 @@ def test_no_command_prints_help_and_fails():
     (["bench", "--sizes", "12x"], "--sizes"),           # bench's parser lacked the common options: a traceback
     (["bench", "--threads", "0"], "--threads"),
     (["bench", "--repeats", "0"], "--repeats"),
+    (["bench", "--peers", "minimaskrcnn,tensorflow"], "--peers"),
+    (["bench", "--throughput", "0"], "--throughput"),
     (["demo", "-o", "out", "--threads", "-1"], "--threads"),
 ])
 def test_bad_arguments_one_line_exit_2(tmp_path, argv, needle):
