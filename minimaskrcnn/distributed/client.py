@@ -14,7 +14,7 @@ import os
 import uuid
 from typing import Iterator, Optional
 
-from minimaskrcnn.distributed.tasks import ImageJob, ImageResult, RunSpec, WorkerInfo, probe, segment_image
+from minimaskrcnn.distributed.tasks import ImageJob, ImageResult, RunSpec, WorkerInfo, probe, segment_image, worker_version
 
 __all__ = ["DistributedError", "connect", "check_workers", "submit_images", "absolute_weights"]
 
@@ -53,7 +53,7 @@ def connect(scheduler: Optional[str] = None, workers: Optional[int] = None):
         if workers is not None:
             import logging
             cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                 silence_logs=logging.ERROR))
             address = cluster.scheduler_address
         else:
@@ -75,6 +75,15 @@ def check_workers(client, weights: str, load=None) -> WorkerInfo:
     except (TimeoutError, OSError):
         raise DistributedError(f"the Dask scheduler at {client.scheduler.address} has no workers "
                                f"(waited {WAIT_FOR_WORKERS_S} s)") from None
+    # First `Client.run` (in each worker's event loop, answered at once): a worker that cannot import minimaskrcnn
+    # fails there with the ImportError, whereas a task it cannot unpickle breaks its scheduler connection and hangs.
+    for addr, version in client.run(worker_version, on_error="return").items():
+        if isinstance(version, BaseException):
+            raise DistributedError(f"worker {addr} cannot run minimaskrcnn ({_text(version)}): install minimaskrcnn "
+                                   f"{__version__} where the workers run") from None
+        if version != __version__:
+            raise DistributedError(f"worker {addr} runs minimaskrcnn {version}, this is {__version__}: install "
+                                   f"the same version everywhere")
     token = uuid.uuid4().hex[:8]
     probes = {addr: client.submit(probe, weights, load, workers=[addr], allow_other_workers=False, pure=False,
                                   key=f"minimaskrcnn-probe-{token}-{addr}")
@@ -83,15 +92,8 @@ def check_workers(client, weights: str, load=None) -> WorkerInfo:
     for addr, future in probes.items():
         try:
             infos[addr] = future.result(timeout=PROBE_TIMEOUT_S)
-        except (ImportError, AttributeError) as e:                   # the task's function cannot be unpickled there
-            raise DistributedError(f"worker {addr} cannot run minimaskrcnn ({_text(e)}): install minimaskrcnn "
-                                   f"{__version__} where the workers run") from None
         except Exception as e:
             raise DistributedError(f"worker {addr} cannot load the weights {weights}: {_text(e)}") from None
-    for addr, info in infos.items():
-        if info.version != __version__:
-            raise DistributedError(f"worker {addr} runs minimaskrcnn {info.version}, this is {__version__}: install "
-                                   f"the same version everywhere")
     first = next(iter(infos.values()))
     if any(info.class_names != first.class_names for info in infos.values()):
         raise DistributedError(f"the workers load different models for {weights} (their class names differ)")

@@ -29,7 +29,7 @@ import numpy as np
 
 from minimaskrcnn.distributed import cache
 
-__all__ = ["RunSpec", "ImageJob", "ImageResult", "WorkerInfo", "probe", "segment_image"]
+__all__ = ["RunSpec", "ImageJob", "ImageResult", "WorkerInfo", "worker_version", "probe", "segment_image"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,12 @@ class WorkerInfo:
     """What `probe` finds on a worker."""
     version: str
     class_names: tuple
+
+
+def worker_version() -> str:
+    """This worker's minimaskrcnn version (importing this module at all is the first check)."""
+    from minimaskrcnn._version import __version__
+    return __version__
 
 
 def probe(weights: str, load=None) -> WorkerInfo:

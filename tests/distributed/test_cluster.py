@@ -1,0 +1,152 @@
+"""`segment --scheduler` / `--workers` and `minimaskrcnn.distributed.segment` on a real Dask cluster on 127.0.0.1: a
+scheduler and two single-threaded worker processes (LocalCluster with processes, each worker under a nanny that
+restarts it), against the single-process run of the same command (tests/runs.py: four photos and a truncated JPEG,
+the shipped demo model, every output option).
+
+The oracle here is the single-process run: the cluster's outputs must be the same files, the JSON bit for bit, the
+pictures pixel for pixel, also when one worker is SIGKILLed while it runs an image.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import distributed                 # part of the test extra: missing, this module fails (never skips)
+
+import runs
+from conftest import ROOT, checkout_env
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return runs.photo_folder(tmp_path_factory.mktemp("photos") / "in")
+
+
+@pytest.fixture(scope="module")
+def reference(photos, tmp_path_factory):
+    """The single-process run (2 threads) that every cluster run must equal."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    status, _, err = runs.run_segment(photos, out, "--threads", "2")
+    assert status == 1 and err.count("\n") == 1 and runs.CORRUPT in err, err   # the truncated JPEG, by name
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0") as c, distributed.Client(c) as client:
+        client.wait_for_workers(2, timeout=120)
+        yield c, client
+
+
+def test_worker_killed_mid_run_loses_nothing(photos, reference, cluster, tmp_path):
+    c, client = cluster
+    out = tmp_path / "out"
+    p = subprocess.Popen(runs.segment_args(photos, out, "--scheduler", c.scheduler_address), cwd=ROOT,
+                         env=checkout_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = []
+
+    def an_image_done_and_one_running():
+        if runs.journal_records(out) < 1:
+            return False
+        busy = [addr for addr, keys in client.processing().items()
+                if any("minimaskrcnn-image" in str(k) for k in keys)]
+        victim[:] = busy[:1]
+        return bool(busy)
+    try:
+        runs.wait_until(an_image_done_and_one_running, p, runs.RUN_TIMEOUT_S, "a worker was busy mid-run")
+        assert runs.journal_records(out) < len(runs.PHOTOS)          # mid-run: images are still to come
+        pid = client.run(os.getpid, workers=victim)[victim[0]]
+        os.kill(pid, signal.SIGKILL)
+        _, err = p.communicate(timeout=runs.RUN_TIMEOUT_S)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 1 and err.count("\n") == 1 and runs.CORRUPT in err, err
+    runs.assert_same_outputs(reference, out)
+    client.wait_for_workers(2, timeout=120)                          # the nanny restarted it, for the next tests
+
+
+def test_local_workers_equal_the_single_process_run(photos, reference, tmp_path):
+    status, _, err = runs.run_segment(photos, tmp_path / "out", "--workers", "2")
+    assert status == 1 and err.count("\n") == 1 and runs.CORRUPT in err, err
+    runs.assert_same_outputs(reference, tmp_path / "out")
+
+
+def test_python_api_yields_each_image_as_it_completes(photos, reference, cluster):
+    import minimaskrcnn.distributed as mdist
+    from minimaskrcnn.io import coco
+    _, client = cluster
+    paths = sorted(str(p) for p in photos.iterdir())
+    results = list(mdist.segment(client, paths, runs.WEIGHTS, ahead=2))
+    assert sorted(r.index for r in results) == list(range(len(paths)))
+    expected = json.loads((reference / "coco_results.json").read_bytes())
+    ids = coco.assign_image_ids(paths)
+    for r in results:
+        if os.path.basename(r.path) == runs.CORRUPT:
+            assert r.error.startswith(r.path) and r.detections() is None
+            continue
+        assert r.error is None
+        assert r.entries == [e for e in expected if e["image_id"] == ids[r.index]]
+        det = r.detections()                                         # masks decoded from the RLE, in rank order
+        assert [coco.encode(m >= 0.5) for m in det.masks] == [e["segmentation"] for e in r.entries]
+        assert det.label_names == r.label_names and len(det) == len(r.entries)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_scheduler_one_line_nothing_written(photos, tmp_path):
+    env = checkout_env(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    status, out, err = runs.run_segment(photos, tmp_path / "out", "--scheduler", address, env=env)
+    assert status == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("minimaskrcnn: error: cannot reach the Dask scheduler at " + address)
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_without_the_weights_one_line_nothing_written(photos, cluster, tmp_path):
+    c, _ = cluster
+    missing = tmp_path / "elsewhere" / "model.npz"                   # a path the workers cannot open
+    p = subprocess.run(runs.segment_args(photos, tmp_path / "out", "--scheduler", c.scheduler_address,
+                                         "--weights", missing), capture_output=True, text=True, cwd=ROOT, env=checkout_env(), timeout=runs.RUN_TIMEOUT_S)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert "cannot load the weights" in p.stderr and str(missing) in p.stderr and "worker tcp://127.0.0.1" in p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_without_minimaskrcnn_one_line_nothing_written(photos, tmp_path):
+    """A worker process where `import minimaskrcnn` fails (a package of that name that raises, first on its path)."""
+    shadow = tmp_path / "shadow" / "minimaskrcnn"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'minimaskrcnn'\")\n")
+    with distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as c:
+        env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", c.scheduler_address,
+                                   "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+                                  env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            status, out, err = runs.run_segment(photos, tmp_path / "out", "--scheduler", c.scheduler_address)
+        finally:
+            worker.kill()
+            worker.wait(timeout=60)
+    assert status == 1 and err.count("\n") == 1, err
+    assert "cannot run minimaskrcnn" in err and "install minimaskrcnn" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--workers", "0"], "expected a positive integer"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not allowed with argument"),
+])
+def test_bad_cluster_options_are_usage_errors(photos, tmp_path, argv, needle):
+    status, out, err = runs.run_segment(photos, tmp_path / "out", *argv)
+    assert status == 2 and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "out").exists()
