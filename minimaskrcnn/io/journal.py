@@ -41,14 +41,15 @@ def input_identity(path) -> dict:
 
 
 def _read(path: str) -> tuple:
-    """(header or None, [records]) of a journal file; a torn or unparsable line ends the readable part."""
+    """(header or None, [records]) of a journal file: complete lines only (a record is complete with its newline);
+    an unparsable line ends the readable part."""
     header, records = None, []
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return None, []
-    for line in data.split(b"\n"):
+    for line in data.split(b"\n")[:-1]:                             # what follows the last newline is torn
         if not line:
             continue
         try:
