@@ -82,7 +82,7 @@ def test_torchvision_and_minimaskrcnn_agree(traces):
     assert "torchvision" in out.splitlines()[0] and "minimaskrcnn" in out.splitlines()[1]
     assert "within tolerance" in out.splitlines()[-1]
     a, meta = load_trace(tv)
-    assert meta["format"] == compare.FORMAT and "config" in meta
+    assert meta["format"] == trace_module.FORMAT and "config" in meta
     assert len(a["boxes"]) > 0, "no detection: the comparison would prove little"
 
 
