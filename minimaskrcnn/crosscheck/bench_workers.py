@@ -68,6 +68,21 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024         # bytes on macOS, kB elsewhere
 
 
+def blas_report() -> dict:
+    """The thread pools of this process, and the OpenBLAS variables it was started with."""
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        from minimaskrcnn.nn.threads import blas_pools
+        pools = [{"internal_api": p["api"], "version": p.get("config", ""), "architecture": p.get("corename", "?"),
+                  "num_threads": p["num_threads"], "filepath": p["path"]} for p in blas_pools()]
+        return {"source": "minimaskrcnn.nn.threads (threadpoolctl not installed)", "pools": pools, "env": env}
+    pools = [{k: p.get(k) for k in ("user_api", "internal_api", "version", "architecture", "num_threads",
+                                    "filepath")} for p in threadpool_info()]
+    return {"source": "threadpoolctl", "pools": pools, "env": env}
+
+
 # --- the peers -----------------------------------------------------------------------------------------------------
 
 def _minimaskrcnn_runner(weights, threads, _onnx):
