@@ -9,7 +9,10 @@ Facts §1. The output size is floor(side * scale) in double with scale = min(800
 so it can land one pixel below the intended side (161 x 242 -> 799 x 1202). The kernel then ignores that scale and
 uses f32(in) / f32(out) per axis; source coordinates and weights are computed in float32 and the four taps are
 summed as ATen's scalar kernel does (`_bilinear_value`): bitwise torch's with ATEN_CPU_CAPABILITY=default (measured);
-torch's AVX2/AVX512 kernels differ from that by FMA contraction.
+torch's AVX2/AVX512 kernels differ from that by FMA contraction, also in the source coordinate s*(d + 0.5) - 0.5,
+which then lands up to an ulp of the coordinate away (6.1e-5 px at x ~ 600) and moves the value by that times the
+local pixel step: 3e-5 to 7e-5 on photos with torch 2.14.1 (tests/naive.py `resize_error_bound` derives the bound).
+float64 is computed in float64 (ATen's opmath for double), float16 and uint8 in float32 and rounded back.
 """
 from __future__ import annotations
 
