@@ -6,7 +6,9 @@ the run goes on with the others, ending with status 1.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import json
 import os
 import time
@@ -15,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from minimaskrcnn.cli.options import FORMATTER, JSON_NAME, PROG, UsageError, load_options, positive
-from minimaskrcnn.cli.collection import cmd_segment
-from minimaskrcnn.cli.steps import class_list, detector, load_model, objects_line, prepare_outdir, summary
+from minimaskrcnn.cli.collection import cluster, cmd_segment
+from minimaskrcnn.cli.steps import class_ids, class_list, detector, load_model, objects_line, prepare_outdir, summary
 
 SEGMENT_EPILOG = f"""outputs in OUTDIR, for an image named STEM.*:
   STEM_overlay.png            masks, boxes and "label score" drawn on the image (always)
@@ -70,6 +72,7 @@ def add_commands(sub, general, model) -> None:
     vid.add_argument("--every", type=positive, default=1, metavar="N", help="process every N-th frame (default 1)")
     vid.add_argument("--max-frames", type=positive, metavar="N", help="read only the first N frames of the input")
     vid.add_argument("--jsonl", metavar="FILE", help="per-frame detections as JSON lines (frame, time, detections)")
+    _cluster_options(vid)
     vid.set_defaults(func=cmd_video)
 
 
@@ -101,14 +104,24 @@ def cmd_video(args) -> int:
         raise UsageError(f"{args.input}: refusing to overwrite the input video")
     if args.jsonl and os.path.realpath(args.jsonl) == os.path.realpath(args.output):
         raise UsageError(f"{args.jsonl}: the JSON lines file and the output video must differ")
-    for target in filter(None, (args.output, args.jsonl)):
-        prepare_outdir(os.path.dirname(os.path.abspath(target)))
-    model, keep = load_model(args.weights, wanted, **load_options(args))
-    detect = detector(model, args.score_threshold, keep)
-    with Progress(None, "frames", enabled=None if not args.quiet else False) as bar:
-        s = segment_video(detect, args.input, args.output, every=args.every, max_frames=args.max_frames,
-                          jsonl=args.jsonl, mask_threshold=args.mask_threshold, progress=bar,
-                          protected=protect([args.input]))
+    with cluster(args) as client:
+        load = load_options(args)
+        if client is None:
+            model, keep = load_model(args.weights, wanted, **load)
+            detect, process = detector(model, args.score_threshold, keep), None
+        else:                                                        # the workers load it; nothing written before
+            from minimaskrcnn.distributed import RunSpec, absolute_weights, check_workers
+            from minimaskrcnn.distributed.client import map_frames
+            weights = absolute_weights(args.weights)
+            keep = class_ids(wanted, check_workers(client, weights, load).class_names)
+            spec = RunSpec(weights, args.score_threshold, args.mask_threshold, keep, None, load, bool(args.jsonl))
+            detect, process = None, lambda frames: map_frames(client, frames, spec)
+        for target in filter(None, (args.output, args.jsonl)):
+            prepare_outdir(os.path.dirname(os.path.abspath(target)))
+        with Progress(None, "frames", enabled=None if not args.quiet else False) as bar:
+            s = segment_video(detect, args.input, args.output, every=args.every, max_frames=args.max_frames,
+                              jsonl=args.jsonl, mask_threshold=args.mask_threshold, progress=bar,
+                              protected=protect([args.input]), process=process)
     mean = s.seconds_detecting / s.frames_processed
     summary([f"{s.frames_processed} frames processed of {s.frames_read} read; {mean:.2f} s per frame",
               objects_line(s.objects) + " (summed over frames)",
@@ -124,15 +137,20 @@ class VideoSummary:
     objects: Counter = field(default_factory=Counter)
 
 
-def segment_video(detect: Callable, src, dst, *, every: int = 1, max_frames: Optional[int] = None, jsonl=None,
-                  mask_threshold: float = 0.5, progress=None, protected=frozenset()) -> VideoSummary:
+def segment_video(detect: Optional[Callable], src, dst, *, every: int = 1, max_frames: Optional[int] = None,
+                  jsonl=None, mask_threshold: float = 0.5, progress=None, protected=frozenset(),
+                  process: Optional[Callable] = None) -> VideoSummary:
     """Run `detect((H, W, 3) uint8) -> Detections` on the selected frames of `src` and write the overlays to `dst`
     (and one JSON line per processed frame to `jsonl`: frame index, time in seconds, detections with RLE masks).
     Outputs appear only when the whole video is done (atomic rename); `progress` is an optional `Progress` whose
-    total is set here when the container knows its length."""
+    total is set here when the container knows its length.
+
+    `process`, instead of `detect`, maps an iterable of (frame index, (H, W, 3) uint8) to `render.outputs.FrameOutput`s
+    in the same order (a cluster's pipelined map, `distributed.client.map_frames`); the writer's calls are the same."""
     from minimaskrcnn.atomic import atomic_path
     from minimaskrcnn.io.video import VideoReadError, VideoWriter, open_video
-    from minimaskrcnn.render.overlay import render_overlay
+    if process is None:
+        process = functools.partial(_in_process_frames, detect, mask_threshold, jsonl is not None)
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise ValueError("every and max_frames must be positive")
     info, frames = open_video(src)
@@ -143,21 +161,22 @@ def segment_video(detect: Callable, src, dst, *, every: int = 1, max_frames: Opt
     try:
         with atomic_path(dst, protected) as tmp_video, jsonl_path as tmp_jsonl, \
                 _open_or_none(tmp_jsonl) as lines, VideoWriter(tmp_video, info.fps / every) as writer:
-            for frame in frames:
-                if max_frames is not None and frame.index >= max_frames:
-                    break
-                summary.frames_read += 1
-                if frame.index % every:
-                    writer.extend_last(frame.duration)               # a skipped frame: the kept one lasts longer
-                    continue
-                t0 = time.perf_counter()
-                det = detect(frame.image)
-                summary.seconds_detecting += time.perf_counter() - t0
+            selected = collections.deque()                           # (frame, skipped durations) sent, not written
+
+            def kept():
+                for item in _select(frames, every, max_frames, summary):
+                    selected.append(item)
+                    yield item[0].index, item[0].image
+            for out in process(kept()):
+                frame, skipped = selected.popleft()
+                summary.seconds_detecting += out.seconds
                 summary.frames_processed += 1
-                summary.objects.update(det.label_names)
-                writer.write(render_overlay(frame.image, det, mask_threshold), duration=frame.duration)
+                summary.objects.update(out.label_names)
+                writer.write(out.overlay, duration=frame.duration)
+                for duration in skipped:
+                    writer.extend_last(duration)                     # a skipped frame: the kept one lasts longer
                 if lines is not None:
-                    lines.write(json.dumps(_frame_record(frame, det, mask_threshold)) + "\n")
+                    lines.write(json.dumps(_frame_record(frame, out)) + "\n")
                 if progress is not None:
                     progress.update()
             if summary.frames_processed == 0:
@@ -171,11 +190,36 @@ def _open_or_none(path):
     return open(path, "w", encoding="utf-8") if path is not None else contextlib.nullcontext()
 
 
-def _frame_record(frame, det, mask_threshold: float) -> dict:
-    from minimaskrcnn.io.coco import coco_results
-    entries = coco_results(det, image_id=frame.index, mask_threshold=mask_threshold)
-    names = [det.class_names[e["category_id"]] for e in entries]
-    dets = [{"label": n, **{k: v for k, v in e.items() if k != "image_id"}} for n, e in zip(names, entries)]
+def _select(frames, every: int, max_frames: Optional[int], summary: VideoSummary):
+    """(frame, [durations of the skipped frames after it]) for every `every`-th of the first `max_frames` frames;
+    a frame is given once the next kept one (or the end) is read, so its skipped list is complete."""
+    pending = None
+    for frame in frames:
+        if max_frames is not None and frame.index >= max_frames:
+            break
+        summary.frames_read += 1
+        if frame.index % every:
+            if pending is not None:
+                pending[1].append(frame.duration)
+            continue
+        if pending is not None:
+            yield pending
+        pending = (frame, [])
+    if pending is not None:
+        yield pending
+
+
+def _in_process_frames(detect: Callable, mask_threshold: float, entries: bool, frames):
+    from minimaskrcnn.render.outputs import frame_output
+    for index, image in frames:
+        t0 = time.perf_counter()
+        det = detect(image)
+        yield frame_output(index, image, det, mask_threshold, time.perf_counter() - t0, entries)
+
+
+def _frame_record(frame, out) -> dict:
+    names = [out.class_names[e["category_id"]] for e in out.entries]
+    dets = [{"label": n, **{k: v for k, v in e.items() if k != "image_id"}} for n, e in zip(names, out.entries)]
     return {"frame": frame.index, "time": round(frame.time, 6), "detections": dets}
 
 

@@ -14,13 +14,16 @@ import os
 import uuid
 from typing import Iterator, Optional
 
-from minimaskrcnn.distributed.tasks import ImageJob, ImageResult, RunSpec, WorkerInfo, probe, segment_image, worker_version
+from minimaskrcnn.distributed.tasks import (ImageJob, ImageResult, RunSpec, WorkerInfo, probe, segment_frames,
+                                            segment_image, worker_version)
 
-__all__ = ["DistributedError", "connect", "check_workers", "submit_images", "absolute_weights"]
+__all__ = ["DistributedError", "connect", "check_workers", "submit_images", "map_frames", "absolute_weights"]
 
 WAIT_FOR_WORKERS_S = 60        # a scheduler without workers: how long to wait for the first to join
 PROBE_TIMEOUT_S = 600          # loading the model on every worker (a first download of the COCO weights included)
 RETRIES = 2                    # retries of a task that raised an unexpected exception (not a worker's death)
+FRAMES_PER_TASK = 8            # video: 8 frames of 768x576 are 10.6 MB in, as much back, and 8 detections of work,
+                               # against ~10 ms of scheduling per task
 
 
 class DistributedError(RuntimeError):
@@ -142,6 +145,37 @@ def submit_images(client, jobs, spec: RunSpec, *, retries: int = RETRIES, ahead:
         future.release()
         yield result
         yield from feed()
+
+
+def map_frames(client, frames, spec: RunSpec, *, chunk: int = FRAMES_PER_TASK, retries: int = RETRIES,
+               ahead: Optional[int] = None):
+    """`segment_frames` over the iterable `frames` of (frame index, (H, W, 3) uint8) in chunks of `chunk` frames,
+    yielding each frame's `FrameOutput` in input order; at most `ahead` chunks in flight (default: twice the
+    cluster's threads, at least 2). A chunk that fails for good raises here."""
+    import collections
+    import itertools
+    if ahead is None:
+        ahead = max(2, 2 * sum(client.nthreads().values()))
+    token = uuid.uuid4().hex[:8]
+    in_flight = collections.deque()
+    work = iter(frames)
+    for k in itertools.count():
+        batch = list(itertools.islice(work, chunk))
+        if not batch:
+            break
+        data = client.scatter(batch, hash=False)                     # to a worker now, not inside the task graph
+        in_flight.append(client.submit(segment_frames, data, spec, key=f"minimaskrcnn-frames-{token}-{k}",
+                                       pure=False, retries=retries))
+        if len(in_flight) >= ahead:
+            yield from _take(in_flight.popleft())
+    while in_flight:
+        yield from _take(in_flight.popleft())
+
+
+def _take(future) -> list:
+    result = future.result()
+    future.release()
+    return result
 
 
 def _text(e: BaseException) -> str:

@@ -9,6 +9,9 @@ The client sends the image file's bytes (so the workers need no access to the cl
 results entries, and, when the run writes pictures, the PNG files' bytes. The dense (N, H, W) float32 masks never
 travel: 100 masks of a 480x640 photo are 123 MB as float32, their RLE a few kB.
 
+A video travels as chunks of decoded frames (`segment_frames`), the overlays coming back as (H, W, 3) uint8 arrays
+with each frame's entries; the client reassembles them in order and encodes the video.
+
 The pictures are rendered here, by the same function the single-process loop calls (`render.outputs`), into a
 scratch folder whose files are read back: the bytes are those a single-process run writes, and the client only
 writes bytes, so it does not become the bottleneck of a large cluster (rendering and PNG encoding cost 20-60 ms per
@@ -29,7 +32,8 @@ import numpy as np
 
 from minimaskrcnn.distributed import cache
 
-__all__ = ["RunSpec", "ImageJob", "ImageResult", "WorkerInfo", "worker_version", "probe", "segment_image"]
+__all__ = ["RunSpec", "ImageJob", "ImageResult", "WorkerInfo", "worker_version", "probe", "segment_image",
+           "segment_frames"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class RunSpec:
     keep: Optional[tuple] = None          # label indices to keep, None: all
     pictures: object = None
     load: Optional[dict] = None           # keyword arguments of minimaskrcnn.load (matterport config=, class_names=)
+    entries: bool = True                  # video frames: compute the COCO results entries (for --jsonl)
 
 
 @dataclass
@@ -131,6 +136,19 @@ def segment_image(job: ImageJob, spec: RunSpec) -> ImageResult:
             out.files = _render(job.stem, image, det, spec.pictures)
     except (ValueError, OSError) as e:                               # an unreadable image, as the single-process run
         return ImageResult(job.index, job.path, error=_one_line(e), worker=out.worker)
+    return out
+
+
+def segment_frames(frames: list, spec: RunSpec) -> list:
+    """Detect and render a chunk of video frames, [(frame index, (H, W, 3) uint8)], into `render.outputs.FrameOutput`s
+    in the same order. The overlay frames travel back as arrays: the client's video encoder needs the pixels."""
+    from minimaskrcnn.render.outputs import frame_output
+    model = cache.get_model(spec.weights, spec.load)
+    out = []
+    for index, image in frames:
+        t0 = time.perf_counter()
+        det = cache.predict(model, image, spec.score_threshold, spec.keep)
+        out.append(frame_output(index, image, det, spec.mask_threshold, time.perf_counter() - t0, spec.entries))
     return out
 
 

@@ -7,16 +7,21 @@ Shape glossary
 
 Files, for an image whose output stem is STEM: STEM_overlay.png (always), STEM_<k>_<label>.png (cut-outs),
 STEM_semantic.png and STEM_semantic_color.png (semantic), STEM_instances.png (instances).
+
+`frame_output` is the same for one frame of `minimaskrcnn video`: its overlay and COCO results entries.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
+from minimaskrcnn.io.coco import coco_results
 from minimaskrcnn.io.files import write_png
 from minimaskrcnn.render import cutouts, labelmaps, overlay
 
-__all__ = ["Pictures", "write_image_outputs"]
+__all__ = ["Pictures", "write_image_outputs", "FrameOutput", "frame_output"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +54,23 @@ def write_image_outputs(outdir, stem: str, image, det, pictures: Pictures, prote
     if pictures.instances:
         png(labelmaps.instance_map(det, t), "instances")
     return written
+
+
+@dataclass
+class FrameOutput:
+    """What a video writer needs of one processed frame."""
+    index: int                 # the frame's position in the input video
+    overlay: np.ndarray        # (H, W, 3) uint8
+    entries: list              # COCO results entries (image_id = frame index, no file_name), in rank order
+    label_names: list          # class name of each detection
+    class_names: tuple
+    seconds: float = 0.0       # detecting
+
+
+def frame_output(index: int, image, det, mask_threshold: float, seconds: float = 0.0,
+                 entries: bool = True) -> FrameOutput:
+    """The overlay and (with `entries`) the COCO results entries of one video frame (`image` the (H, W, 3) frame
+    `det` is of)."""
+    return FrameOutput(index, overlay.render_overlay(image, det, mask_threshold),
+                       coco_results(det, image_id=index, mask_threshold=mask_threshold) if entries else [],
+                       det.label_names, tuple(det.class_names), seconds)
