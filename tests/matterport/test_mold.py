@@ -102,3 +102,16 @@ def test_resize_plan_rules():
     assert resize_plan(300, 451, pad64) == (768 / 300, (768, 1155))           # no IMAGE_MAX_DIM cap in pad64
     assert resize_plan(600, 1200, cfg)[1] == (512, 1024)                    # capped by IMAGE_MAX_DIM in square
     assert resize_plan(2000, 1500, cfg)[0] == 1 * 1024 / 2000               # never up, but down to fit 1024
+
+
+def test_odd_padding_goes_below_and_right():
+    """utils.resize_image: top = (P - h) // 2, the odd pixel at the bottom / right (the parity cases pad evenly)."""
+    cfg = MatterportConfig(IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64)
+    img = np.full((61, 100, 3), 200, np.uint8)              # scale 64/61: resized to (64, 105), padded to (64, 128)
+    molded, window, scale = mold_image(img, cfg)
+    assert molded.shape == (64, 128, 3) and scale == 64 / 61
+    np.testing.assert_array_equal(window, [0, 11, 64, 116])  # 23 columns of padding: 11 left, 12 right
+    np.testing.assert_array_equal(molded[:, :11], np.broadcast_to(-np.float32(cfg.MEAN_PIXEL), (64, 11, 3)))
+    sq = MatterportConfig(IMAGE_MAX_DIM=128, IMAGE_MIN_DIM=64)
+    _, window, _ = mold_image(np.zeros((33, 128, 3), np.uint8), sq)
+    np.testing.assert_array_equal(window, [47, 0, 80, 128])  # scale capped to 128/128 = 1; 95 rows: 47 above, 48 below
