@@ -181,3 +181,18 @@ def assert_npz_equals_torch_load(npz_path, pth_path, nested=None):
             ours, ref = z[key], tensor.contiguous().numpy()
             assert ours.dtype == ref.dtype and ours.shape == ref.shape, key
             assert ours.tobytes() == ref.tobytes(), key
+
+
+def peak_bytes(fn):
+    """The peak of Python's traced allocations while `fn()` runs (a CheckpointError from it is expected)."""
+    import tracemalloc
+    from weights_convert import CheckpointError
+    tracemalloc.start()
+    try:
+        fn()
+    except CheckpointError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
