@@ -7,10 +7,10 @@
      (sending the bytes, scheduling, returning RLE + PNG bytes, writing them).
 
 It also prints what travels per image, and what re-rendering the pictures on the client from the RLE would cost
-there (the alternative to rendering on the workers, distributed/tasks.py). Speed is what it is on a shared machine:
-read the ratios of one run, not the seconds.
+there (the alternative to rendering on the workers, distributed/tasks.py). The four runs alternate for --rounds
+rounds and the fastest round of each is reported: on a shared machine, read the ratios of one run, not the seconds.
 
-    python benchmarks/bench_distributed.py [--weights FILE] [--repeat N] [--score-threshold S]
+    python benchmarks/bench_distributed.py [--weights FILE] [--repeat N] [--rounds R] [--score-threshold S]
 """
 import argparse
 import glob
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--weights", default=DEMO)
     ap.add_argument("--repeat", type=int, default=2, help="each of ../shared/images this many times (default 2)")
     ap.add_argument("--score-threshold", type=float, default=0.5)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the fastest of each is reported")
     args = ap.parse_args()
     import distributed
     import threadpoolctl
@@ -80,15 +81,19 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d')}  {len(paths)} images ({len(PHOTOS)} photos x {args.repeat}), "
           f"{os.path.basename(args.weights)}, every picture; BLAS {blas}; {os.cpu_count()} cores")
 
-    t2 = in_process(model, paths, args.score_threshold, pictures, 2)
-    t1 = in_process(model, paths, args.score_threshold, pictures, 1)
     kw = dict(threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
               silence_logs=logging.ERROR)
-    with distributed.LocalCluster(n_workers=2, **kw) as c, distributed.Client(c) as client:
-        tw2, results = on_cluster(client, paths, args.weights, args.score_threshold, pictures)
-    with distributed.LocalCluster(n_workers=1, **kw) as c, distributed.Client(c) as client:
-        tw1, _ = on_cluster(client, paths, args.weights, args.score_threshold, pictures)
-
+    times = {"p2": [], "w2": [], "p1": [], "w1": []}
+    with distributed.LocalCluster(n_workers=2, **kw) as c2, distributed.Client(c2) as two, \
+            distributed.LocalCluster(n_workers=1, **kw) as c1, distributed.Client(c1) as one:
+        for _ in range(args.rounds):                                 # alternating, so that load bursts hit all
+            times["p2"].append(in_process(model, paths, args.score_threshold, pictures, 2))
+            t, results = on_cluster(two, paths, args.weights, args.score_threshold, pictures)
+            times["w2"].append(t)
+            times["p1"].append(in_process(model, paths, args.score_threshold, pictures, 1))
+            times["w1"].append(on_cluster(one, paths, args.weights, args.score_threshold, pictures)[0])
+    print("seconds per round: " + "; ".join(f"{k} " + " ".join(f"{x:.1f}" for x in v) for k, v in times.items()))
+    t2, tw2, t1, tw1 = (min(times[k]) for k in ("p2", "w2", "p1", "w1"))   # the least disturbed round of each
     n = len(paths)
     print(f"one process, 2 threads        {n / t2:6.2f} images/s  ({t2 / n:.3f} s per image)")
     print(f"two 1-thread local workers    {n / tw2:6.2f} images/s  ({tw2 / n:.3f} s per image)  "

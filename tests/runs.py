@@ -69,9 +69,10 @@ def wait_until(predicate, process, timeout_s: float, what: str):
 
 
 def assert_same_outputs(expected, actual):
-    """Same file names (the journal aside), the results JSON byte for byte, every PNG the same mode and pixels."""
-    names = sorted(n for n in os.listdir(expected) if n != JOURNAL_NAME)
-    assert sorted(n for n in os.listdir(actual) if n != JOURNAL_NAME) == names
+    """Same file names, the results JSON byte for byte, every PNG the same mode and pixels; no journal left (both
+    runs reached their end)."""
+    names = sorted(os.listdir(expected))
+    assert sorted(os.listdir(actual)) == names and JOURNAL_NAME not in names
     assert not [n for n in names if ".part" in n]
     results = json.loads((expected / "coco_results.json").read_bytes())
     assert {r["file_name"] for r in results} == set(PHOTOS)          # every photo has detections: not vacuous

@@ -94,7 +94,7 @@ def _run(args, wanted: list, client) -> int:
     if args.json:
         results = [e for i in sorted(records) for e in records[i]["entries"]]
         files.write_json(results, os.path.join(outdir, JSON_NAME), protected)
-    journal.finish(clean=failures == 0)
+    journal.finish()
     objects = Counter(name for r in records.values() for name in r["objects"])
     done = len(records)
     earlier = f" ({resumed} from the interrupted run)" if resumed else ""

@@ -34,7 +34,10 @@ Where objects overlap, the higher score wins. Two inputs with the same STEM get 
 examples:
   {PROG} segment photo.jpg -o out/
   {PROG} segment photos/ -o out/ --recursive --json --semantic --score-threshold 0.7
-  {PROG} segment "shots/*.png" -o out/ --cutouts --classes person,car --weights my_model.npz"""
+  {PROG} segment "shots/*.png" -o out/ --cutouts --classes person,car --weights my_model.npz
+  {PROG} segment photos/ -o out/ --json --resume          finish a killed run (OUTDIR's journal)
+  {PROG} segment photos/ -o out/ --json --workers 2       two single-threaded worker processes (Dask)
+  {PROG} segment photos/ -o out/ --json --scheduler tcp://head:8786   an existing Dask cluster"""
 
 VIDEO_EPILOG = f"""Animated GIF works out of the box; other formats need PyAV: pip install "minimaskrcnn[video]".
 Output format by extension: .mp4 .mkv .mov .m4v (H.264), .avi (MPEG-4), .webm (VP9), .gif.

@@ -17,8 +17,9 @@ from typing import Iterator, Optional
 from minimaskrcnn.distributed.client import (DistributedError, absolute_weights, check_workers, connect,
                                              submit_images)
 from minimaskrcnn.distributed.tasks import ImageResult, RunSpec
+from minimaskrcnn.render.outputs import Pictures
 
-__all__ = ["segment", "connect", "check_workers", "DistributedError", "ImageResult", "RunSpec"]
+__all__ = ["segment", "connect", "check_workers", "DistributedError", "ImageResult", "RunSpec", "Pictures"]
 
 
 def segment(client, paths, weights: str, *, score_threshold: float = 0.5, mask_threshold: float = 0.5,
@@ -28,7 +29,7 @@ def segment(client, paths, weights: str, *, score_threshold: float = 0.5, mask_t
     completes (in completion order; `.index` is the position in `paths`).
 
     weights: an official name or a file path that the workers can open (made absolute here).
-    classes: class names to keep (None: all). pictures: a `minimaskrcnn.render.outputs.Pictures` to get the PNG
+    classes: class names to keep (None: all). pictures: a `Pictures` (`render.outputs`) to get the PNG
     files' bytes in `ImageResult.files` (the overlay, and cut-outs / label maps as it asks), or None for none.
     load: keyword arguments of `minimaskrcnn.load` on the workers (matterport-family config=, class_names=).
     image_ids: the COCO image ids of the results entries (default: `io.coco.assign_image_ids(paths)`).

@@ -13,8 +13,8 @@ again and its files are all there; every other image is run again. The final res
 order from the kept and the new records, equal to what an uninterrupted run writes: JSON floats round-trip exactly
 (Python writes the shortest repr that reads back as the same double).
 
-A run that ends with every image done removes its journal; a run with failures keeps it, so that `--resume` only
-retries those.
+A run that reaches its end removes its journal once the results JSON is written, failed images or not (they failed
+on their input, and would again); only a killed or interrupted run leaves one, for `--resume`.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def _read(path: str) -> tuple:
 
 
 class Journal:
-    """`Journal.open(outdir, settings, resume)`, then `append(record)` per image, `finish(clean)` at the end.
+    """`Journal.open(outdir, settings, resume)`, then `append(record)` per image, `finish()` at the end.
 
     `kept` maps input index -> record of an earlier run that `--resume` reuses (see `usable`)."""
 
@@ -111,11 +111,10 @@ class Journal:
         self._file.flush()
         os.fsync(self._file.fileno())
 
-    def finish(self, clean: bool) -> None:
-        """Close; remove the file when the run is complete (`clean`), keep it for --resume otherwise."""
+    def finish(self) -> None:
+        """Close and remove the file: the run reached its end."""
         self._file.close()
-        if clean:
-            os.unlink(self.path)
+        os.unlink(self.path)
 
     def close(self) -> None:
         self._file.close()

@@ -185,3 +185,23 @@ def test_video_chunks_come_back_in_order(cluster, tmp_path):
     for name in ("two", "cli"):
         assert (tmp_path / f"{name}.gif").read_bytes() == (tmp_path / "one.gif").read_bytes(), name
         assert (tmp_path / f"{name}.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes(), name
+
+
+def _threads_in_a_task():
+    """Run in a task thread of a worker: the counts `cache.predict` sets there before a predict."""
+    import numba
+    import threadpoolctl
+    from minimaskrcnn.distributed import cache
+    cache._set_threads(cache.worker_threads())
+    blas = {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+    return cache.worker_threads(), numba.get_num_threads(), blas
+
+
+def test_numba_and_blas_threads_follow_the_worker_thread_count(cluster):
+    """One-thread workers run one thread of each; a two-thread worker two (its nanny started the BLAS with one)."""
+    _, client = cluster
+    fn = lambda: _threads_in_a_task()                                # noqa: E731 (pickled by value, with its global)
+    assert client.submit(fn, pure=False).result(timeout=120) == (1, 1, {1})
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0") as c, distributed.Client(c) as two:
+        assert two.submit(fn, pure=False).result(timeout=120) == (2, 2, {2})

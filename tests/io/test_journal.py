@@ -85,5 +85,5 @@ def test_a_record_is_reused_only_while_its_input_and_files_are_intact(tmp_path):
     assert j.usable(0, input_identity(image), "a", 7, tmp_path) is None
     os.unlink(tmp_path / "a_overlay.png")                                       # an output is gone
     assert j.usable(0, ident, "a", 7, tmp_path) is None
-    j.finish(clean=True)
+    j.finish()
     assert not (tmp_path / JOURNAL_NAME).exists()
