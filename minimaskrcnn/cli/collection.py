@@ -26,6 +26,9 @@ def cluster(args):
         yield None
         return
     from minimaskrcnn.distributed import connect
+    if not args.debug:                                               # Dask's own log lines ("Couldn't gather 1 keys,
+        import logging                                               # rescheduling" after a worker died) are not
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)  # errors of the run: those are ours, one line
     with connect(args.scheduler, args.workers) as client:
         yield client
 

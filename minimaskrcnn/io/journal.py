@@ -81,6 +81,7 @@ class Journal:
         (JournalMismatch if its settings differ), otherwise afresh. The file is rewritten atomically with the header
         and the records it keeps, so a torn last line is never appended to."""
         path = os.path.join(os.fspath(outdir), JOURNAL_NAME)
+        settings = json.loads(json.dumps(settings))                  # as it reads back: tuples are lists in JSON
         header, records = _read(path) if resume else (None, [])
         if header is not None and header["settings"] != settings:
             differ = sorted(k for k in set(settings) | set(header["settings"])

@@ -205,3 +205,16 @@ def test_numba_and_blas_threads_follow_the_worker_thread_count(cluster):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
                                   dashboard_address="127.0.0.1:0") as c, distributed.Client(c) as two:
         assert two.submit(fn, pure=False).result(timeout=120) == (2, 2, {2})
+
+
+def test_without_the_extra_says_how_to_install_it(photos, tmp_path):
+    """dask.distributed missing (a package of that name that fails to import, first on the path)."""
+    shadow = tmp_path / "shadow" / "distributed"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'distributed'\")\n")
+    env = checkout_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow.parent), env["PYTHONPATH"]])
+    status, out, err = runs.run_segment(photos, tmp_path / "out", "--workers", "2", env=env)
+    assert status == 1 and err.count("\n") == 1, err
+    assert 'pip install "minimaskrcnn[distributed]"' in err
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from minimaskrcnn.io.journal import JOURNAL_NAME, Journal, JournalMismatch, input_identity
 
-SETTINGS = {"minimaskrcnn": "1", "weights": ["w.npz", 1, 2], "score_threshold": 0.5, "json": True}
+SETTINGS = {"minimaskrcnn": "1", "weights": ("w.npz", 1, 2), "score_threshold": 0.5, "json": True}   # a tuple: a list in JSON
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 entries = st.lists(st.fixed_dictionaries({
@@ -32,7 +32,7 @@ def test_records_read_back_give_the_same_results_json(tmp_path_factory, per_imag
     for i, e in enumerate(per_image):
         j.append(_record(i, e))
     j.close()
-    again = Journal.open(out, json.loads(json.dumps(SETTINGS)), resume=True)
+    again = Journal.open(out, SETTINGS, resume=True)
     again.close()
     assert again.resumed and sorted(again.kept) == list(range(len(per_image)))
     uninterrupted = json.dumps([x for e in per_image for x in e])
