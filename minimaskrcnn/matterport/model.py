@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minimaskrcnn.detections import Detections
+from minimaskrcnn.image import read_image
 from minimaskrcnn.matterport import backbone as bb, fpn as fp, heads as hd, rpn as rp
 from minimaskrcnn.matterport.anchors import pyramid_anchors
 from minimaskrcnn.matterport.detection import detect, normalized_window
@@ -38,9 +39,18 @@ class MatterportMaskRCNN:
     class_names: tuple
 
     def predict(self, image, score_threshold=None, trace=False):
-        """Detections of one (H, W, 3) uint8 RGB image; with trace=True, (Detections, Trace)."""
+        """Detections of `image`; with trace=True, (Detections, Trace). A list of images gives a list of results.
+
+        image: what `MaskRCNN.predict` accepts (a path, a PIL image, an (H, W, 3) uint8 RGB array, or a float array in
+            [0, 1], which is taken as round(255 x): matterport molds 0-255 pixel values; `minimaskrcnn.image`).
+        score_threshold: keep detections scoring at least this, on top of cfg.DETECTION_MIN_CONFIDENCE.
+        """
+        if isinstance(image, (list, tuple)):
+            return [self.predict(im, score_threshold, trace) for im in image]
         t = Trace(keep_arrays=trace)
-        image = np.asarray(image)
+        image = read_image(image)                                               # (H, W, 3) uint8 or float32
+        if image.dtype != np.uint8:
+            image = np.rint(image * np.float32(255)).astype(np.uint8)          # float in [0, 1] -> 0..255
         with t.timed("mold"):
             molded, window, _ = mold_image(image, self.cfg)                     # (Hp, Wp, 3), (4,)
         return self.detect_molded(molded, window, image.shape, score_threshold, trace, t)
@@ -78,7 +88,7 @@ class MatterportMaskRCNN:
             pooled = pyramid_roi_align(dets[rows, :4], maps, molded.shape, cfg.MASK_POOL_SIZE)   # (N, 14, 14, 256)
             masks = hd.mask_head(pooled, self.mask_head)                        # (N, 28, 28, K)
             own = masks[np.arange(len(rows)), :, :, class_ids]                  # (N, 28, 28)
-            full = unmold_masks(own, boxes, shape)                        # (N, H, W)
+            full = unmold_masks(own, boxes, shape)                              # (N, H, W)
         t.record(roi_align_mask=pooled, mrcnn_mask=masks, boxes_yxyx=boxes)
         keep = np.ones(len(scores), bool) if score_threshold is None else scores >= score_threshold
         det = Detections(boxes[keep][:, [1, 0, 3, 2]].astype(np.float32),     # (y1, x1, y2, x2) -> (x1, y1, x2, y2)
