@@ -117,6 +117,7 @@ def bench_size(weights, image, threads, repeats, tmp, peers=PEERS, native_blas=F
     result = {"size": [h, w], "rss_mb": rss, "flops": flops, "blas": blas}
     for k, rs in runs.items():
         result[k] = {"median": float(np.median([r["latency"] for r in rs])), "detections": rs[-1]["detections"],
+                     "cpu": float(np.median([r["cpu"] for r in rs])),
                      "stages": {s: float(np.median([r["stages"].get(s, 0.0) for r in rs])) for s in rs[0]["stages"]}}
     return result
 

@@ -36,13 +36,14 @@ def _size_lines(r: dict) -> list:
     peers = [k for k in ("minimaskrcnn", "torchvision", "onnxruntime") if k in r]
     fastest = min(r[k]["median"] for k in peers)
     tv_rss = r["rss_mb"].get("torchvision")
-    lines = [f"input {h}x{w}:", f"  {'peer':<14}{'latency':>9}{'/ fastest':>11}{'peak RSS':>10}{'/ tv':>7}"
-             f"{'detections':>12}"]
+    least_cpu = min(r[k].get("cpu", float("nan")) for k in peers)
+    lines = [f"input {h}x{w}:", f"  {'peer':<14}{'latency':>9}{'/ fastest':>11}{'CPU s':>8}{'/ least':>9}"
+             f"{'peak RSS':>10}{'/ tv':>7}{'detections':>12}"]
     for k in peers:
-        rss = r["rss_mb"][k]
+        rss, cpu = r["rss_mb"][k], r[k].get("cpu", float("nan"))
         rel = f"{rss / tv_rss:7.2f}" if tv_rss else f"{'-':>7}"
-        lines.append(f"  {k:<14}{r[k]['median']:8.3f}s{r[k]['median'] / fastest:11.2f}{rss:8.0f}MB{rel}"
-                     f"{r[k]['detections']:12d}")
+        lines.append(f"  {k:<14}{r[k]['median']:8.3f}s{r[k]['median'] / fastest:11.2f}{cpu:8.2f}{cpu / least_cpu:9.2f}"
+                     f"{rss:8.0f}MB{rel}{r[k]['detections']:12d}")
     if "minimaskrcnn" in r:
         ours, tv = r["minimaskrcnn"]["stages"], r.get("torchvision", {}).get("stages", {})
         lines.append(f"  {'stage':<14}{'ours s':>9}{'tv s':>9}{'ratio':>8}")
@@ -65,6 +66,7 @@ def _size_lines(r: dict) -> list:
     for k, b in r["blas"].items():
         pools = "; ".join(f"{p.get('internal_api')} {p.get('version')} {p.get('architecture') or ''} "
                           f"x{p.get('num_threads')}".replace("  ", " ") for p in b["pools"])
-        lines.append(f"  {k} thread pools ({b['source']}): {pools or 'none found'}")
+        lines.append(f"  {k} thread pools ({b['source']}): {pools or 'none found'}"
+                     + (f"; {b['own']}" if b.get("own") else ""))
     lines.append("")
     return lines

@@ -3,7 +3,7 @@
 A worker loads its peer (minimaskrcnn, torchvision, or ONNX Runtime running torchvision's ONNX export of the same
 weights), sets its thread count, and answers one JSON line per request line on stdin:
 
-    run     one image end to end: latency, per-stage seconds (ours: the trace; torchvision: forward hooks; ONNX
+    run     one image end to end: latency, CPU seconds of the process (all threads), per-stage seconds (ours: the trace; torchvision: forward hooks; ONNX
             Runtime: none, a session is one call), number of detections
     blas    the thread pools actually loaded: threadpoolctl's `threadpool_info()` (BLAS library, version, kernel
             "architecture", threads) when installed, else minimaskrcnn's own view (nn/threads.py), and the
@@ -47,9 +47,10 @@ def worker(kind: str, weights: str, threads: int, image_path: str, onnx_path: st
         elif request == "flops":
             print(json.dumps(_flop_rates(run, image, threads)), flush=True)
         else:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             stages, n = run(image)
-            print(json.dumps({"latency": time.perf_counter() - t0, "stages": stages, "detections": n}), flush=True)
+            print(json.dumps({"latency": time.perf_counter() - t0, "cpu": time.process_time() - c0, "stages": stages,
+                              "detections": n}), flush=True)
     print(json.dumps({"maxrss_mb": peak_rss_mb()}), flush=True)
 
 
@@ -80,7 +81,18 @@ def blas_report() -> dict:
         return {"source": "minimaskrcnn.nn.threads (threadpoolctl not installed)", "pools": pools, "env": env}
     pools = [{k: p.get(k) for k in ("user_api", "internal_api", "version", "architecture", "num_threads",
                                     "filepath")} for p in threadpool_info()]
-    return {"source": "threadpoolctl", "pools": pools, "env": env}
+    return {"source": "threadpoolctl", "pools": pools, "env": env, "own": _own_pools()}
+
+
+def _own_pools() -> str:
+    """Pools threadpoolctl cannot see: torch's statically linked MKL / oneDNN, ONNX Runtime's MLAS thread pool."""
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        return f"torch intra-op threads {torch.get_num_threads()}, MKL {torch.backends.mkl.is_available()}, " \
+               f"oneDNN {torch.backends.mkldnn.is_available()}"
+    if "onnxruntime" in sys.modules:
+        return "ONNX Runtime MLAS kernels, intra_op_num_threads as requested (not visible to threadpoolctl)"
+    return ""
 
 
 # --- the peers -----------------------------------------------------------------------------------------------------
