@@ -32,7 +32,7 @@ outputs are compared elementwise; proposals and detections as sets (pairs of equ
 Stages missing on either side are listed. Exit status 0 when every checked stage is within tolerance, 1 otherwise.
 
 default tolerances (facts §10.4; "rel" = relative to max |A|):
-  image 0, image_size 0, anchors 0 (bitwise)        normalized 1e-6            C*, P* maps: rel 1e-3
+  image 0, image_size 0, anchors 0 (bitwise)        normalized 4.4e-3 (resize)  C*, P* maps: rel 1e-3
   objectness 5e-3        rpn_deltas 5e-4             class_logits, box_deltas 2e-3    box_features: rel 1e-3
   proposals / boxes: >= 98% matched (.matched), box diff 0.1 px      proposal_scores / scores 3e-3
   roi_levels: 2% of matched proposals on another level               mask_features: rel 1e-3
