@@ -56,8 +56,8 @@ def connect(scheduler: Optional[str] = None, workers: Optional[int] = None):
         if workers is not None:
             import logging
             cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                silence_logs=logging.ERROR))
+                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR))          # a free port: 8787 may be taken
             address = cluster.scheduler_address
         else:
             address = scheduler

@@ -115,10 +115,10 @@ def test_unreachable_scheduler_one_line_nothing_written(photos, tmp_path):
 def test_workers_without_the_weights_one_line_nothing_written(photos, cluster, tmp_path):
     c, _ = cluster
     missing = tmp_path / "elsewhere" / "model.npz"                   # a path the workers cannot open
-    p = subprocess.run(runs.segment_args(photos, tmp_path / "out", "--scheduler", c.scheduler_address,
-                                         "--weights", missing), capture_output=True, text=True, cwd=ROOT, env=checkout_env(), timeout=runs.RUN_TIMEOUT_S)
-    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
-    assert "cannot load the weights" in p.stderr and str(missing) in p.stderr and "worker tcp://127.0.0.1" in p.stderr
+    status, _, err = runs.run_segment(photos, tmp_path / "out", "--scheduler", c.scheduler_address,
+                                      "--weights", missing)
+    assert status == 1 and err.count("\n") == 1, err
+    assert "cannot load the weights" in err and str(missing) in err and "worker tcp://127.0.0.1" in err
     assert not (tmp_path / "out").exists()
 
 

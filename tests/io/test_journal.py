@@ -9,7 +9,8 @@ from hypothesis import given, strategies as st
 
 from minimaskrcnn.io.journal import JOURNAL_NAME, Journal, JournalMismatch, input_identity
 
-SETTINGS = {"minimaskrcnn": "1", "weights": ("w.npz", 1, 2), "score_threshold": 0.5, "json": True}   # a tuple: a list in JSON
+# the weights as a tuple: JSON reads it back as a list, and that must still count as the same settings
+SETTINGS = {"minimaskrcnn": "1", "weights": ("w.npz", 1, 2), "score_threshold": 0.5, "json": True}
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 entries = st.lists(st.fixed_dictionaries({
