@@ -6,7 +6,9 @@ The file, OUTDIR/.minimaskrcnn-journal.jsonl, is JSON lines: a header {"journal"
 per finished image: its input (resolved path, size, mtime), output stem, COCO image id, the files written (names in
 OUTDIR), its COCO results entries (with --json) and its label names. A record is appended, flushed and fsync'd after
 the image's pictures are in place (each written atomically, `minimaskrcnn.atomic`), so a record's presence means
-those files are complete. A killed run can leave at most a torn last line; reading skips it.
+those files are complete. A killed run can leave at most a torn last line; reading skips it. This holds for a killed
+process (the files are in the page cache); after a power cut a record can outlive its pictures' data, which are
+renamed into place but not fsync'd (an fsync per picture would cost more than the journal's one per image).
 
 Resuming keeps a record when the same input (same resolved path, size and mtime) gets the same stem and image id
 again and its files are all there; every other image is run again. The final results JSON is then assembled in input
