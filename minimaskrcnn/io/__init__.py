@@ -5,4 +5,5 @@ Modules, in reading order:
     video.py    video codecs: frames with timestamps in, frames out (GIF by Pillow, everything else by PyAV)
     files.py    PNG and JSON written atomically, never over an input; unique output name stems
     coco.py     COCO results entries and their compressed RLE masks, bit-identical to pycocotools'
+    journal.py  the per-image journal of a `segment` run in its output folder, for `segment --resume`
 """
