@@ -8,5 +8,6 @@ Modules, in reading order:
     collection.py `segment`'s run over a collection: in this process or on a Dask cluster, journal and --resume
     study.py      `trace`, `compare`, `explain`: looking inside the network
     tools.py      `demo` (the built-in model, offline) and `bench` (speed against the peers)
+    crosscheck.py `crosscheck`: an ONNX export checked stage by stage
     progress.py   the progress bar
 """
