@@ -19,9 +19,11 @@ import fcntl
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -147,7 +149,13 @@ def cached_run(script: str, params: dict, timeout: float = 1200) -> Path:
             return final
         tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=outputs))
         try:
+            before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
             run_script(script, "--out", tmp, "--params", json.dumps(params), timeout=timeout)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cost = {"cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+                    "wall_s": round(time.perf_counter() - t0, 1)}
+            (tmp / "oracle_cost.json").write_text(json.dumps(cost))     # what a cold run of this entry costs
+            print(f"oracle {script} computed: {cost['cpu_s']} CPU-s, {cost['wall_s']} s wall -> {final.name}")
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -10,19 +10,16 @@ import os
 import numpy as np
 import pytest
 
-import matterport_oracle
+import matterport_cases
 import minimaskrcnn
 from minimaskrcnn.cli.main import main as cli_main
 from minimaskrcnn.weights import WeightsError, load_matterport_weights, resolve_weights, weights_family
 from weights_convert.matterport_convert import read_matterport
 
-R50 = {"BACKBONE": "resnet50", "NUM_CLASSES": 4, "TOP_DOWN_PYRAMID_SIZE": 128, "FPN_CLASSIF_FC_LAYERS_SIZE": 256,
-       "POOL_SIZE": 5, "seed": 1, "full_save": True}        # the same file as tests/weights_convert/test_keras_h5.py
-
-
 @pytest.fixture(scope="module")
 def h5():
-    return matterport_oracle.cached_run("mrcnn_save_weights.py", R50, timeout=1800) / "weights.h5"
+    """The ResNet-50 / 4-class parity case's file (the one tests/weights_convert/test_keras_h5.py reads)."""
+    return matterport_cases.reference("small_r50")["weights.h5"]
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 Oracles: tests/oracles/skimage_resize_dump.py (skimage 0.16.2 in the oracle environment: uint8 images resized as
 utils.resize_image does, float32 masks as utils.unmold_mask does, and the transform matrices it estimates), and the
-molded images of the parity cases (matterport's mold_inputs, tests/oracles/matterport_dump.py).
+molded images of the parity cases and of a few more photos (matterport's mold_inputs, tests/oracles/matterport_dump.py
+and tests/oracles/mrcnn_mold_dump.py).
 
 Tolerances, derived:
   * the matrix: skimage estimates it by an SVD whose last bits depend on the LAPACK build (measured: ours and the
@@ -82,10 +83,10 @@ def test_warp_kernel_matches_loops():
             np.testing.assert_array_equal(out[..., 0], naive.skimage016_bilinear(img, oh, ow, m))
 
 
-@pytest.mark.parametrize("case,stem", mc.all_photos())
+@pytest.mark.parametrize("case,stem", mc.mold_photos())
 def test_mold_image_equals_matterport(case, stem):
-    d = mc.dump(case, stem)
-    cfg = mc.model(case, stem).cfg                      # what the reader made of the .h5 + the overrides
+    d = mc.mold(case, stem)
+    cfg = mc.model(case, mc.photos(case)[0]).cfg        # what the reader made of the case's .h5 + the overrides
     molded, window, _ = mold_image(d["image"], cfg)
     np.testing.assert_array_equal(window, d["window"])
     assert molded.shape == d["molded"].shape

@@ -4,17 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import matterport_oracle
+import matterport_cases
 import minimaskrcnn
 from conftest import IMAGES
-
-R50 = {"BACKBONE": "resnet50", "NUM_CLASSES": 4, "TOP_DOWN_PYRAMID_SIZE": 128, "FPN_CLASSIF_FC_LAYERS_SIZE": 256,
-       "POOL_SIZE": 5, "seed": 1, "full_save": True}        # the file of tests/matterport/test_load.py
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    h5 = matterport_oracle.cached_run("mrcnn_save_weights.py", R50, timeout=1800) / "weights.h5"
+    h5 = matterport_cases.reference("small_r50")["weights.h5"]      # the file of tests/matterport/test_load.py
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINIMASKRCNN_HOME", str(tmp_path_factory.mktemp("home")))
         return minimaskrcnn.load(h5, config={"IMAGE_MIN_DIM": 128, "IMAGE_MAX_DIM": 192,

@@ -31,6 +31,19 @@ def _rel(a, b):
     return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+def test_the_oracles_graph_computes_what_matterports_default_graph_does():
+    """The dumps come from a graph built with TRAIN_BN = None (calibration without a second network,
+    tests/oracles/matterport_dump.py); at phase 0 it must give what TRAIN_BN = False (matterport's default) gives,
+    through run_graph and detect, bit for bit: every stage's largest difference 0, detect's result equal."""
+    checks = mc.default_graph_checks()
+    assert checks                                   # at least one case checks it
+    for case, check in checks.items():
+        print(f"{case}: {check}")
+        assert check["uses_learning_phase"] is False
+        assert set(check["max_abs_diff"]) >= {"res5c_out", "fpn_p2", "mrcnn_mask", "rois", "masks"}
+        assert all(v == 0 for v in check["max_abs_diff"].values()), check
+
+
 @pytest.mark.parametrize("case,stem", CASES)
 def test_backbone_and_fpn(case, stem):
     d, net = mc.dump(case, stem), mc.model(case, stem)

@@ -1,5 +1,7 @@
-"""Oracle script (Python 3.7, matterport's environment): build matterport's inference MaskRCNN, fill every weight
-with seeded random values, and save it as Keras does; dump what Keras reports for each weight, for bitwise checks.
+"""Oracle script (Python 3.7, matterport's environment): build matterport's MaskRCNN, fill every weight with seeded
+random values, and save it as Keras does; dump what Keras reports for each weight, for bitwise checks. The reader
+tests take their inference-mode files from the parity cases (tests/oracles/matterport_dump.py keras_reference) and
+use this script for what no case builds: the training graph.
 
     python mrcnn_save_weights.py --out DIR --params '{"BACKBONE": "resnet50", "NUM_CLASSES": 4, "seed": 1, ...}'
 
@@ -54,35 +56,39 @@ km = model.keras_model
 
 rng = np.random.RandomState(seed)
 entries, arrays = [], {}
-
-
-def fill(layer, outer):
-    names = [w.name for w in layer.weights]
-    values = []
-    for name, w in zip(names, layer.get_weights()):
-        if "moving_variance" in name:
-            v = rng.uniform(0.25, 2.0, w.shape)
-        else:
-            v = rng.standard_normal(w.shape) * 0.05
-        values.append(v.astype(w.dtype))
-    layer.set_weights(values)
-    for name, v in zip(names, layer.get_weights()):    # what Keras holds after the assignment
-        key = "a%d" % len(arrays)
-        arrays[key] = v
-        entries.append({"layer": outer.name, "inner_layer": layer.name if layer is not outer else None,
-                        "weight": name, "array": key, "shape": list(v.shape)})
-
-
+LAYERS = []                                # (outer layer, layer holding the weights), in model order
 for layer in km.layers:
     if not layer.weights:
         continue
-    if hasattr(layer, "layers"):      # the nested rpn_model
-        for inner in layer.layers:
-            if inner.weights:
-                fill(inner, layer)
+    if hasattr(layer, "layers"):           # the nested rpn_model
+        LAYERS += [(layer, inner) for inner in layer.layers if inner.weights]
     else:
-        fill(layer, layer)
+        LAYERS.append((layer, layer))
 
+# every weight seeded-random, written in ONE session call and read back in one: Keras's set_weights / get_weights /
+# save_weights do one call per layer, and each distinct fetch makes TensorFlow prune the whole graph anew (minutes)
+todo = []
+for outer, layer in LAYERS:
+    for v in layer.weights:
+        shape = tuple(keras.backend.int_shape(v))
+        if "moving_variance" in v.name:
+            a = rng.uniform(0.25, 2.0, shape)
+        else:
+            a = rng.standard_normal(shape) * 0.05
+        todo.append((v, a.astype(keras.backend.dtype(v))))
+keras.backend.batch_set_value(todo)
+variables = km.weights
+held = dict(zip([id(v) for v in variables], keras.backend.batch_get_value(variables)))   # what Keras holds now
+for outer, layer in LAYERS:
+    for v in layer.weights:
+        key = "a%d" % len(arrays)
+        arrays[key] = held[id(v)]
+        entries.append({"layer": outer.name, "inner_layer": layer.name if layer is not outer else None,
+                        "weight": v.name, "array": key, "shape": list(arrays[key].shape)})
+
+import keras.engine.saving as saving    # noqa: E402
+_original = saving.K.batch_get_value
+saving.K.batch_get_value = lambda vs: [held[id(v)] if id(v) in held else _original([v])[0] for v in vs]
 km.save_weights(os.path.join(args.out, "weights.h5"))
 report = {"weights": entries, "keras_version": keras.__version__, "tf_version": tf.__version__,
           "h5py_version": h5py.__version__, "full_save": None}

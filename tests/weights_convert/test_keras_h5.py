@@ -1,8 +1,11 @@
 """Reading matterport's Keras `.h5` files, checked bitwise against what Keras itself reports (the oracle env).
 
-The `.h5` files are made by matterport's own code (`tests/oracles/mrcnn_save_weights.py`: MaskRCNN in inference mode,
-every weight seeded-random, `keras_model.save_weights` and `keras_model.save`), with `layer.get_weights()` dumped
-beside them. Bitwise means the float32 bytes are equal: no tolerance applies to reading a file.
+The `.h5` files are made by matterport's own code, with what `layer.get_weights()` held dumped beside them: the
+ResNet-50 / 4-class (non-default head sizes, also saved by `keras_model.save` as a full model) and ResNet-101 /
+81-class files are the parity cases' own (tests/matterport_cases.py `reference`, tests/oracles/matterport_dump.py:
+calibrated weights, `keras_model.save_weights`), so no model is built twice; the training graph's file, which no case
+provides, comes from `tests/oracles/mrcnn_save_weights.py` (seeded-random weights) at a small config. Bitwise means
+the float32 bytes are equal: no tolerance applies to reading a file.
 """
 import json
 import os
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import matterport_cases
 import matterport_oracle
 from minimaskrcnn.matterport.config import MATTERPORT_COCO_CLASS_NAMES
 from weights_convert import CheckpointError, convert
@@ -20,27 +24,26 @@ from weights_convert.__main__ import main as weights_convert_main
 from weights_convert.keras_h5 import read_keras_h5
 from weights_convert.matterport_convert import read_matterport, read_matterport_npz
 
-R50 = {"BACKBONE": "resnet50", "NUM_CLASSES": 4, "TOP_DOWN_PYRAMID_SIZE": 128, "FPN_CLASSIF_FC_LAYERS_SIZE": 256,
-       "POOL_SIZE": 5, "seed": 1, "full_save": True}
-R101 = {"BACKBONE": "resnet101", "NUM_CLASSES": 81, "seed": 2, "full_save": False}
-# the training graph, whose weights matterport's training loop checkpoints (what users' own models are saved from)
+# the training graph, whose weights matterport's training loop checkpoints (what users' own models are saved from),
+# at the smallest config that builds it (the image size only sizes the graph's inputs; the layout is the same)
 TRAINING = {"BACKBONE": "resnet50", "NUM_CLASSES": 3, "seed": 3, "full_save": False, "mode": "training",
             "IMAGE_MAX_DIM": 256, "IMAGE_MIN_DIM": 256}
 
 
 @pytest.fixture(scope="module")
 def r50():
-    return matterport_oracle.cached_run("mrcnn_save_weights.py", R50, timeout=1800)
+    return matterport_cases.reference("small_r50")
 
 
 @pytest.fixture(scope="module")
 def training():
-    return matterport_oracle.cached_run("mrcnn_save_weights.py", TRAINING, timeout=1800)
+    out = matterport_oracle.cached_run("mrcnn_save_weights.py", TRAINING, timeout=1800)
+    return {"dir": out, "weights.h5": out / "weights.h5", "params": TRAINING}
 
 
 @pytest.fixture(scope="module")
 def r101():
-    return matterport_oracle.cached_run("mrcnn_save_weights.py", R101, timeout=1800)
+    return matterport_cases.reference("coco_r101")
 
 
 def _keras_arrays(out):
@@ -62,11 +65,11 @@ def _assert_bitwise(ours, keras):
 @pytest.mark.parametrize("case, filename", [("r50", "weights.h5"), ("r50", "full.h5"), ("r101", "weights.h5"),
                                             ("training", "weights.h5")])
 def test_every_weight_is_bitwise_what_keras_holds(case, filename, request):
-    out = request.getfixturevalue(case)
-    keras, report = _keras_arrays(out)
-    arrays, facts, _, info = read_keras_h5(out / filename)
+    ref = request.getfixturevalue(case)
+    keras, report = _keras_arrays(ref["dir"])
+    arrays, facts, _, info = read_keras_h5(ref[filename])
     _assert_bitwise(arrays, keras)
-    params = {"r50": R50, "r101": R101, "training": TRAINING}[case]
+    params = ref["params"]
     assert facts["BACKBONE"] == params["BACKBONE"] and facts["NUM_CLASSES"] == params["NUM_CLASSES"]
     assert facts["TOP_DOWN_PYRAMID_SIZE"] == params.get("TOP_DOWN_PYRAMID_SIZE", 256)
     assert facts["FPN_CLASSIF_FC_LAYERS_SIZE"] == params.get("FPN_CLASSIF_FC_LAYERS_SIZE", 1024)
@@ -77,27 +80,27 @@ def test_every_weight_is_bitwise_what_keras_holds(case, filename, request):
 
 
 def test_config_from_the_file_and_the_user(r50, r101):
-    cfg, _ = read_matterport(r101 / "weights.h5")
+    cfg, _ = read_matterport(r101["weights.h5"])
     assert (cfg.BACKBONE, cfg.NUM_CLASSES, cfg.class_names) == ("resnet101", 81, MATTERPORT_COCO_CLASS_NAMES)
-    cfg, _ = read_matterport(r50 / "weights.h5", config={"IMAGE_MIN_DIM": 512, "DETECTION_MIN_CONFIDENCE": 0.5},
+    cfg, _ = read_matterport(r50["weights.h5"], config={"IMAGE_MIN_DIM": 512, "DETECTION_MIN_CONFIDENCE": 0.5},
                              class_names=["a", "b", "c"])
     assert (cfg.BACKBONE, cfg.NUM_CLASSES, cfg.POOL_SIZE, cfg.IMAGE_MIN_DIM) == ("resnet50", 4, 5, 512)
     assert cfg.class_names == ("BG", "a", "b", "c") and cfg.DETECTION_MIN_CONFIDENCE == 0.5
-    assert read_matterport(r50 / "weights.h5")[0].class_names == ("BG", "class_1", "class_2", "class_3")
+    assert read_matterport(r50["weights.h5"])[0].class_names == ("BG", "class_1", "class_2", "class_3")
     with pytest.raises(CheckpointError, match=r"NUM_CLASSES 81 contradicts the weights file, which has NUM_CLASSES 4 "
                                               r"\(mrcnn_class_logits/kernel:0 is \(256, 4\)\)"):
-        read_matterport(r50 / "weights.h5", config={"NUM_CLASSES": 81})
+        read_matterport(r50["weights.h5"], config={"NUM_CLASSES": 81})
     with pytest.raises(CheckpointError, match="BACKBONE \"resnet101\" contradicts .* \"resnet50\" \\(6 res4 blocks"):
-        read_matterport(r50 / "weights.h5", config={"BACKBONE": "resnet101"})
+        read_matterport(r50["weights.h5"], config={"BACKBONE": "resnet101"})
 
 
 def test_converted_npz_reads_back_to_the_same_arrays(r50, tmp_path, capsys):
     dst = tmp_path / "m.npz"
-    assert weights_convert_main([str(r50 / "weights.h5"), "-o", str(dst), "--set", "IMAGE_MIN_DIM=512"]) == 0
+    assert weights_convert_main([str(r50["weights.h5"]), "-o", str(dst), "--set", "IMAGE_MIN_DIM=512"]) == 0
     assert "matterport_maskrcnn_resnet50, 4 classes, bn_eps 0.001" in capsys.readouterr().out
     cfg, arrays, meta = read_matterport_npz(dst)
     assert meta["family"] == "matterport" and cfg.IMAGE_MIN_DIM == 512
-    keras, _ = _keras_arrays(r50)
+    keras, _ = _keras_arrays(r50["dir"])
     _assert_bitwise(arrays, keras)
     assert read_matterport(dst, config={"IMAGE_MIN_DIM": 640})[0].IMAGE_MIN_DIM == 640
     with np.load(dst, allow_pickle=False) as z:
@@ -132,7 +135,7 @@ def test_pytorch_mask_rcnn_pth_made_from_the_h5_loads_bitwise(r50, tmp_path, leg
     import oracle
     torch = oracle.torch()
     state = {}
-    with h5py.File(r50 / "weights.h5", "r") as f:        # walked as convert_from_keras.py walks it
+    with h5py.File(r50["weights.h5"], "r") as f:        # walked as convert_from_keras.py walks it
         for group in f.values():
             for layer_name, layer in group.items():
                 for weight_name, weight in layer.items():
@@ -143,7 +146,7 @@ def test_pytorch_mask_rcnn_pth_made_from_the_h5_loads_bitwise(r50, tmp_path, leg
     pth = tmp_path / "mask_rcnn.pth"
     torch.save(state, pth, _use_new_zipfile_serialization=not legacy)
     cfg, arrays = read_matterport(pth)
-    keras, _ = _keras_arrays(r50)
+    keras, _ = _keras_arrays(r50["dir"])
     _assert_bitwise(arrays, keras)
     assert (cfg.BACKBONE, cfg.NUM_CLASSES) == ("resnet50", 4)
     dst = convert(pth, tmp_path / "from_pth.npz")
@@ -231,7 +234,7 @@ def test_too_many_names_is_refused_before_reading_them(tmp_path):
 @settings(max_examples=12, deadline=None)
 @given(fraction=st.floats(0.0, 0.9999))
 def test_a_truncated_file_is_a_one_line_error(r50, tmp_path_factory, fraction):
-    src = r50 / "weights.h5"
+    src = r50["weights.h5"]
     cut = int(os.path.getsize(src) * fraction)
     path = tmp_path_factory.mktemp("cut") / "weights.h5"
     with open(src, "rb") as f, open(path, "wb") as g:
@@ -266,7 +269,7 @@ _EDITS = st.sampled_from(["rename_layer", "rename_weight", "drop_dataset", "resh
 @given(edit=_EDITS, pick=st.integers(0, 10 ** 6))
 def test_edited_names_and_shapes_of_a_real_file_are_one_line_errors(r50, tmp_path_factory, edit, pick):
     path = tmp_path_factory.mktemp("edit") / "weights.h5"
-    shutil.copyfile(r50 / "weights.h5", path)
+    shutil.copyfile(r50["weights.h5"], path)
     with h5py.File(path, "a") as f:
         names = [n.decode() for n in f.attrs["layer_names"] if len(f[n.decode()].attrs["weight_names"])]
         layer = names[pick % len(names)]
@@ -333,7 +336,7 @@ def test_corrupt_bytes_in_a_real_files_structure_are_one_line_errors_or_read(r50
     """The first 64 KiB of a matterport file hold the superblock, the root group and its layer_names: flips there
     either still read (a flip in padding or in a weight's bytes) or fail with a CheckpointError one-liner."""
     path = tmp_path_factory.mktemp("flip_real") / "weights.h5"
-    shutil.copyfile(r50 / "weights.h5", path)
+    shutil.copyfile(r50["weights.h5"], path)
     with open(path, "r+b") as f:
         for offset in offsets:
             f.seek(offset)
@@ -356,7 +359,7 @@ def test_without_h5py_the_error_names_the_extra(tmp_path, monkeypatch):
 def test_a_converted_file_whose_metadata_contradicts_its_arrays_is_refused(r50, tmp_path):
     from weights_convert import write_npz
     from weights_convert.npz import read_npz_metadata
-    dst = convert(r50 / "weights.h5", tmp_path / "m.npz")
+    dst = convert(r50["weights.h5"], tmp_path / "m.npz")
     meta = read_npz_metadata(dst)
     meta["config"]["NUM_CLASSES"] = 5
     meta["config"]["class_names"] = ["BG"] + [f"c{i}" for i in range(4)]
