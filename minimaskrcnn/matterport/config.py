@@ -275,7 +275,7 @@ def _seq(name, v, item, length=None, min_len=1, max_len=64):
 
 def _choice(name, v, options, refused=None):
     if not isinstance(v, str) or v not in options:
-        if refused and v in refused:
+        if refused and isinstance(v, str) and v in refused:     # a list or dict value is not hashable
             raise MatterportConfigError(refused[v])
         _fail(name, " | ".join(options), v)
     return v
