@@ -2,15 +2,18 @@
 
 Not a test module. A *case* is one matterport configuration with random weights, run on a few photos; the oracle
 calibrates a fresh model per photo (facts §10.3: a random model is well-conditioned only on the image it was
-calibrated on), saves its `.h5`, and dumps `run_graph`'s stage outputs and `detect`'s result per photo. One oracle
-process per case runs all its photos; outputs are cached by tests/matterport_oracle.cached_run, keyed by the dump
-script's source, the configuration, the seed and the photos' sha256.
+calibrated on), saves its `.h5`, and dumps the stage outputs `run_graph` fetches and `detect`'s result per photo.
+One oracle process per case runs all its photos; outputs are cached by tests/matterport_oracle.cached_run, keyed by
+the dump script's source and all its parameters (configuration, seed, photos' sha256, what else it writes).
 
 Cost (CI, cold cache: every case is one oracle process, one TensorFlow graph build): the ResNet-101 / 81-class case
 runs at matterport's default 1024 x 1024 on one photo; the ResNet-50 cases use small molded images. Together the
 cases cover what the issue requires of end-to-end parity (4 photos; ResNet-101 / 81 classes; ResNet-50 / a small
 class count; a non-default config) and, with `keras_reference`, provide the `.h5` files the reader tests read
-(tests/weights_convert/test_keras_h5.py, tests/matterport/test_load.py): `reference(case)`.
+(tests/weights_convert/test_keras_h5.py, tests/matterport/test_load.py, test_predict_inputs.py): `reference(case)`.
+Measured cold (2 cores, loaded by other jobs; tests/matterport_oracle.py prints it and keeps it in oracle_cost.json):
+coco_r101 104 CPU-s, small_r50 64 CPU-s, pad64_r101 64 CPU-s (all three before this layout: 545, 838 and 1064 s
+wall with two photos each, and the reader tests built their own models for another ~20 minutes).
 """
 from __future__ import annotations
 

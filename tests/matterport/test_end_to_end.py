@@ -10,8 +10,9 @@ Two entry points:
   * `predict` on the photo itself, where our molded image equals matterport's. Where the image is resized, it can
     differ by one grey level in a few pixels (skimage's resize matrix comes from an SVD whose last bits depend on
     the LAPACK build: test_mold.py), and the calibrated random ResNet-101 is chaotic enough to turn that into a
-    different model output (measured, messi5 in pad64_r101: 4 molded values one level off -> C5 1.7e-2 of max
-    apart, 57/60 matched), so the photo-level test asserts only where the molds are equal and reports the rest.
+    different model output (measured on messi5.jpg with the pad64_r101 config: 4 molded values one level off -> C5
+    1.7e-2 of max apart, 57/60 matched), so the photo-level test asserts only where the molds are equal (grace_hopper
+    in pad64_r101, not resized) and reports the rest.
 """
 import numpy as np
 import pytest
