@@ -51,11 +51,12 @@ def set_num_threads(n: int) -> list:
 
 
 def _load_scipy_blas() -> None:
-    """Load SciPy's BLAS now, so that it is limited too: Numba imports SciPy, whose OpenBLAS (a second copy) is
-    otherwise loaded later, during a first compilation, and would keep one thread per core."""
+    """Load SciPy's BLAS now, so that it is limited too: where SciPy is installed (not a dependency of minimaskrcnn,
+    but common), Numba imports it, and its OpenBLAS (a second copy) is otherwise loaded later, during a first
+    compilation, and would keep one thread per core."""
     try:
         import scipy.linalg.cython_blas  # noqa: F401
-    except ImportError:                   # SciPy is a dependency; a broken install only loses this pool's limit
+    except ImportError:                   # no SciPy: no second BLAS to limit
         pass
 
 
