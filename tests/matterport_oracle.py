@@ -10,7 +10,8 @@ Not a test module. Tests call `run_script("mrcnn_save_weights.py", ...)` or `cac
 
 A missing interpreter, a failed install or a failing script is `pytest.fail` (never a skip: the oracle is the test).
 Outputs of expensive scripts are cached on disk under `<venv>/../outputs/<key>`, keyed by the script's source, its
-parameters and the pinned requirements, so a change to any of them recomputes.
+parameters and the pinned requirements, so a change to any of them recomputes; each entry keeps what computing it
+cost (oracle_cost.json: CPU seconds of the oracle process and its children, and wall seconds), printed when computed.
 """
 from __future__ import annotations
 
