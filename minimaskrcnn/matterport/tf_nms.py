@@ -37,7 +37,8 @@ def non_max_suppression(boxes, scores, max_output: int, iou_threshold: float) ->
 
 @njit(cache=True)
 def _heap_push(hs, hi, hb, n, score, index, begin):
-    """std::push_heap of (score, index, begin) onto heap[:n] (libstdc++ __push_heap: sift up while parent < value)."""
+    """std::push_heap of (score, index, begin) onto heap[:n] (libstdc++ __push_heap: sift up from position n while
+    parent < value)."""
     hole = n
     parent = (hole - 1) // 2
     while hole > 0 and hs[parent] < score:
@@ -51,7 +52,7 @@ def _heap_push(hs, hi, hb, n, score, index, begin):
 def _heap_pop(hs, hi, hb, n):
     """std::pop_heap of heap[:n]; returns the top (index, begin), the heap is then heap[:n-1] (libstdc++
     __adjust_heap: the hole at the root moves down to a leaf, always to the larger child, the right one on a tie;
-    then the former last element is sifted up from there)."""
+    then the former last element is sifted up from there, as `_heap_push` does from a given position)."""
     top_i, top_b = hi[0], hb[0]
     v_s, v_i, v_b = hs[n - 1], hi[n - 1], hb[n - 1]
     length = n - 1
@@ -67,12 +68,7 @@ def _heap_pop(hs, hi, hb, n):
         child = 2 * (child + 1)
         hs[hole], hi[hole], hb[hole] = hs[child - 1], hi[child - 1], hb[child - 1]
         hole = child - 1
-    parent = (hole - 1) // 2
-    while hole > 0 and hs[parent] < v_s:
-        hs[hole], hi[hole], hb[hole] = hs[parent], hi[parent], hb[parent]
-        hole = parent
-        parent = (hole - 1) // 2
-    hs[hole], hi[hole], hb[hole] = v_s, v_i, v_b
+    _heap_push(hs, hi, hb, hole, v_s, v_i, v_b)                  # the sift-up of __push_heap, from the hole
     return top_i, top_b
 
 
