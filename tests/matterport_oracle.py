@@ -12,6 +12,7 @@ A missing interpreter, a failed install or a failing script is `pytest.fail` (ne
 Outputs of expensive scripts are cached on disk under `<venv>/../outputs/<key>`, keyed by the script's source, its
 parameters and the pinned requirements, so a change to any of them recomputes; each entry keeps what computing it
 cost (oracle_cost.json: CPU seconds of the oracle process and its children, and wall seconds), printed when computed.
+Least recently used entries beyond $MINIMASKRCNN_ORACLE_CACHE_BYTES (default 8 GiB; an entry is up to ~1 GB) are deleted.
 """
 from __future__ import annotations
 
@@ -29,10 +30,14 @@ from pathlib import Path
 
 import pytest
 
+import disk_cache
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 MATTERPORT_SRC = SHARED / "oracles" / "matterport_mrcnn"
 SCRIPTS = Path(__file__).resolve().parent / "oracles"
+# Least recently used output entries beyond this many bytes are deleted (disk_cache.evict).
+OUTPUTS_MAX_BYTES = int(os.environ.get("MINIMASKRCNN_ORACLE_CACHE_BYTES", 8 * 2**30))
 
 # ../shared/oracles/README.md: the pinned stack matterport runs on unmodified.
 REQUIREMENTS = ("tensorflow-cpu==1.15.0", "keras==2.2.5", "h5py==2.10.0", "numpy==1.18.5", "scikit-image==0.16.2",
@@ -144,9 +149,11 @@ def cached_run(script: str, params: dict, timeout: float = 1200) -> Path:
     outputs = env_dir().parent / "outputs"
     final = outputs / f"{Path(script).stem}-{cache_key(script, params)}"
     if final.is_dir():
+        disk_cache.touch(final)
         return final
     with _lock(outputs / (final.name + ".lock")):
         if final.is_dir():
+            disk_cache.touch(final)
             return final
         tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=outputs))
         try:
@@ -161,4 +168,5 @@ def cached_run(script: str, params: dict, timeout: float = 1200) -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    disk_cache.evict((p for p in outputs.iterdir() if p.is_dir() and "." not in p.name), OUTPUTS_MAX_BYTES, keep=final)
     return final

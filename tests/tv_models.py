@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import disk_cache
 import oracle
 from minimaskrcnn.config import (FASTERRCNN_RESNET50_FPN, FASTERRCNN_RESNET50_FPN_V2, MASKRCNN_RESNET50_FPN,
                                  MASKRCNN_RESNET50_FPN_V2, Config)
@@ -246,7 +247,7 @@ def calibrated_model(arch: str, image: np.ndarray, seed: int = 0, **kwargs):
             payload = torch.load(path, weights_only=True)
             if payload["key"] == key:
                 model.load_state_dict(payload["state_dict"])
-                os.utime(path)          # most recently used
+                disk_cache.touch(path)
                 return model.eval()
         except Exception:   # a truncated, foreign or concurrently evicted file: recalibrate and overwrite it
             pass
@@ -260,24 +261,8 @@ def calibrated_model(arch: str, image: np.ndarray, seed: int = 0, **kwargs):
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save({"key": key, "state_dict": model.state_dict()}, tmp)
     os.replace(tmp, path)               # atomic: parallel sessions never read a partial file
-    _evict(CACHE_MAX_BYTES)
+    disk_cache.evict(CACHE_DIR.glob("*.pt"), CACHE_MAX_BYTES, keep=path)
     return model.eval()
-
-
-def _evict(max_bytes: int) -> None:
-    entries = []
-    for p in CACHE_DIR.glob("*.pt"):
-        try:
-            st = p.stat()
-            entries.append((st.st_mtime, st.st_size, p))
-        except FileNotFoundError:       # evicted by a parallel session
-            pass
-    total = sum(size for _, size, _ in entries)
-    for _, size, p in sorted(entries, key=lambda e: e[0]):
-        if total <= max_bytes:
-            break
-        p.unlink(missing_ok=True)
-        total -= size
 
 
 def state_dict_numpy(model) -> dict:
