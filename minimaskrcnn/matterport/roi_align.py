@@ -21,7 +21,9 @@ grouping).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from minimaskrcnn.ops.parallel import run_interleaved
 
 CANONICAL_SIZE = 224.0   # FPN paper §4.2 / model.py: "a 224x224 ROI (in pixels) maps to P4"
 CANONICAL_LEVEL = 4
@@ -54,7 +56,7 @@ def crop_and_resize(features, boxes, size: int) -> np.ndarray:
     if int(size) < 1:
         raise ValueError(f"size: expected >= 1, got {size}")
     out = np.empty((boxes.shape[0], int(size), int(size), features.shape[2]), np.float32)
-    _crop_and_resize_kernel(features, boxes, out)
+    run_interleaved(_crop_and_resize_kernel, boxes.shape[0], features, boxes, out)
     return out
 
 
@@ -70,14 +72,14 @@ def pyramid_roi_align(boxes, features, image_shape, size: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True, parallel=True)
-def _crop_and_resize_kernel(img, boxes, out):
+@njit(cache=True, nogil=True)
+def _crop_and_resize_kernel(img, boxes, out, first, step):
     height, width, depth = img.shape
     n, crop_h, crop_w, _ = out.shape
     hm1 = np.float32(height - 1)
     wm1 = np.float32(width - 1)
     zero = np.float32(0)
-    for b in prange(n):
+    for b in range(first, n, step):                 # interleaved over threads (ops.parallel)
         y1, x1, y2, x2 = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3]
         hs = (y2 - y1) * hm1 / np.float32(crop_h - 1) if crop_h > 1 else zero
         ws = (x2 - x1) * wm1 / np.float32(crop_w - 1) if crop_w > 1 else zero

@@ -161,14 +161,13 @@ def conv2d(x: np.ndarray, conv: Conv, relu: bool = False, residual: np.ndarray |
         residual = np.ascontiguousarray(residual, np.float32).reshape(out.shape)   # (C', H'*W')
     direct = k == 1 and s == 1 and p == 0                                   # the input already is the column matrix
     rows_per_block = max(1, IM2COL_BLOCK_BYTES // (4 * c_in * k * k * w_out))
-    cols = None if direct else scratch("im2col", (c_in * k * k, min(rows_per_block, h_out) * w_out))
     for r0 in range(0, h_out, rows_per_block):                              # blocks of whole output rows
         r1 = min(r0 + rows_per_block, h_out)
         j0, j1 = r0 * w_out, r1 * w_out                                     # output columns of this block
         if direct:
             block = x.reshape(c_in, h * w)[:, j0:j1]                        # (C, B)
-        else:
-            block = cols[:, : j1 - j0]                                      # (C*k*k, B)
+        else:                          # C-contiguous also for a shorter last block (one compiled kernel: winograd)
+            block = scratch("im2col", (c_in * k * k, j1 - j0))              # (C*k*k, B)
             _im2col_kernel(x, k, s, p, w_out, r0, r1, block)
         np.matmul(conv.weight, block, out=out[:, j0:j1])                    # (C', KK) @ (KK, B) -> (C', B)
         if residual is None:

@@ -1,12 +1,13 @@
-"""How many CPU threads the network uses: Numba's pool (the parallel kernels) and every BLAS pool loaded in the
-process (NumPy's OpenBLAS for the convolutions' GEMMs; SciPy's, a separate copy, when it is loaded).
+"""How many CPU threads the network uses: the multi-threaded kernels (Numba's thread setting) and every BLAS pool
+loaded in the process (NumPy's OpenBLAS for the convolutions' GEMMs; SciPy's, a separate copy, when it is loaded).
 
 Several processes on one machine (the distributed runner, a batch job) must each use their share of the cores: two
 2-thread pools in one process, or two 2-thread processes on 2 cores, spin and preempt each other. `set_num_threads(n)`
 limits both kinds of pool at run time:
 
 - Numba: `numba.set_num_threads(n)`, capped at the pool size fixed at import (`NUMBA_NUM_THREADS`). Numba keeps the
-  setting per calling thread: call it from the thread that calls `predict`.
+  setting per calling thread: call it from the thread that calls `predict`. The multi-threaded kernels
+  (`minimaskrcnn.ops.parallel`) read this same setting.
 - BLAS: the thread count of a BLAS library is a process-wide setting of that library, reached through its C API
   (`openblas_set_num_threads`, `MKL_Set_Num_Threads`). The libraries already loaded are found by path (Linux: the
   process's memory map; elsewhere: NumPy's and SciPy's bundled-library folders) and called through ctypes, the way
@@ -32,7 +33,8 @@ _MKL_GET = "MKL_Get_Max_Threads"
 
 
 def set_num_threads(n: int) -> list:
-    """Use at most `n` threads in Numba's parallel kernels and in every loaded BLAS. Returns `blas_pools()` after.
+    """Use at most `n` threads in the multi-threaded kernels (Numba's setting, `ops.parallel`) and in every loaded
+    BLAS. Returns `blas_pools()` after.
 
     Both are capped at the CPUs this process may run on (more threads than cores only preempt each other; Numba's
     pool is that size anyway unless NUMBA_NUM_THREADS says otherwise).

@@ -65,12 +65,13 @@ def conv3x3(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> np.nd
     th, tw = (h + 1) // 2, (w + 1) // 2
     out = np.empty((c_out, h, w), np.float32)                               # (C', H, W)
     rows = max(1, BLOCK_BYTES // (4 * 16 * max(c_in, c_out) * tw))          # tile rows per block
-    t_max = min(rows, th) * tw
-    v_buf, m_buf = scratch("winograd_v", (c_in, 16, t_max)), scratch("winograd_m", (c_out, 16, t_max))
     d = np.zeros((4, 2 * tw + 2), np.float32)                               # 4 input rows with their zero padding
     for ty0 in range(0, th, rows):
         ty1 = min(ty0 + rows, th)
-        v, m = v_buf[:, :, : (ty1 - ty0) * tw], m_buf[:, :, : (ty1 - ty0) * tw]   # (C, 16, T), (C', 16, T)
+        # C-contiguous views of the front of the buffers, also for a shorter last block: a sliced (strided) view
+        # would make Numba compile every kernel a second time, for layout 'A' (~3 s of a first run, measured)
+        t = (ty1 - ty0) * tw
+        v, m = scratch("winograd_v", (c_in, 16, t)), scratch("winograd_m", (c_out, 16, t))   # (C, 16, T), (C', 16, T)
         _input_tiles_kernel(x, ty0, ty1, d, v)
         # (16, C', C) @ (16, C, T) -> (16, C', T): one GEMM per tile position; the strided views need no copy
         np.matmul(u, v.transpose(1, 0, 2), out=m.transpose(1, 0, 2))
@@ -85,12 +86,11 @@ def conv3x3_rois(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> 
     per_roi = ((h + 1) // 2) * ((w + 1) // 2)                               # tiles of one RoI
     rois = max(1, BLOCK_BYTES // (4 * 16 * max(c_in, c_out) * per_roi))    # RoIs per block
     out = np.empty((n, h, w, c_out), np.float32)                            # (N, H, W, C')
-    v_buf = scratch("winograd_v", (16, min(rois, n) * per_roi, c_in))
-    m_buf = scratch("winograd_m", (16, min(rois, n) * per_roi, c_out))
     d = np.empty((4, 4, c_in), np.float32)                                  # one input tile, all channels
     for n0 in range(0, n, rois):
         n1 = min(n0 + rois, n)
-        v, m = v_buf[:, : (n1 - n0) * per_roi], m_buf[:, : (n1 - n0) * per_roi]  # (16, T, C), (16, T, C')
+        t = (n1 - n0) * per_roi                                             # C-contiguous, as in conv3x3
+        v, m = scratch("winograd_v", (16, t, c_in)), scratch("winograd_m", (16, t, c_out))   # (16, T, C), (16, T, C')
         _input_tiles_rois_kernel(x, n0, n1, d, v)
         np.matmul(v, u, out=m)                                              # (16, T, C) @ (16, C, C') -> (16, T, C')
         _output_tiles_rois_kernel(m, bias, n0, n1, relu, out)

@@ -15,9 +15,10 @@ Only the visible part of each resized mask is computed.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import _validate as V
+from .parallel import run_interleaved
 from .resize import _bilinear_value, _from_opmath, _in_opmath, _linear_coeffs
 
 # int64 box coordinates must stay far from overflow; torchvision converts with .to(int64) (UB past the range).
@@ -36,14 +37,15 @@ def expand_boxes(boxes: np.ndarray, scale) -> np.ndarray:
     return np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1)  # (N, 4)
 
 
-@njit(cache=True, parallel=True)
-def _paste_kernel(masks, boxes, im_h, im_w):
-    """masks (N, Mp, Mp) padded probabilities, float32 or float64, boxes (N, 4) int64 -> (N, H, W) of the masks'
-    dtype, resized with coefficients in that dtype (ATen's opmath); parallel over N."""
+@njit(cache=True, nogil=True)
+def _paste_kernel(masks, boxes, out, first, step):
+    """masks (N, Mp, Mp) padded probabilities, float32 or float64, boxes (N, 4) int64 -> the visible part of masks
+    first, first + step, ... written into out (N, H, W) of the masks' dtype, zeros elsewhere, resized with
+    coefficients in that dtype (ATen's opmath). Threads take interleaved masks (`run_interleaved`)."""
     n, mh, mw = masks.shape
+    im_h, im_w = out.shape[1], out.shape[2]
     one = masks.dtype.type(1)
-    out = np.zeros((n, im_h, im_w), masks.dtype)
-    for k in prange(n):
+    for k in range(first, n, step):
         bx1, by1, bx2, by2 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
         w = max(bx2 - bx1 + 1, 1)                       # TO_REMOVE = 1: columns bx1..bx2 inclusive
         h = max(by2 - by1 + 1, 1)
@@ -60,7 +62,6 @@ def _paste_kernel(masks, boxes, im_h, im_w):
             for c in range(x_stop - x_start):
                 out[k, y_start + r, x_start + c] = _bilinear_value(top, bottom, x0[c], x1[c],
                                                                    ly0[r], ly1[r], lx0[c], lx1[c])
-    return out
 
 
 def paste_masks(masks, boxes, image_shape, padding=1) -> np.ndarray:
@@ -92,4 +93,6 @@ def paste_masks(masks, boxes, image_shape, padding=1) -> np.ndarray:
     work = _in_opmath(m)                                        # (N, M, M) float32 or float64
     padded = np.zeros((m.shape[0], size + 2 * pad, size + 2 * pad), work.dtype)        # (N, M+2P, M+2P)
     padded[:, pad:pad + size, pad:pad + size] = work
-    return _from_opmath(_paste_kernel(padded, boxes_i, im_h, im_w), m.dtype)        # (N, H, W)
+    out = np.zeros((m.shape[0], im_h, im_w), work.dtype)                                # (N, H, W)
+    run_interleaved(_paste_kernel, m.shape[0], padded, boxes_i, out)
+    return _from_opmath(out, m.dtype)

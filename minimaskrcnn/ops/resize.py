@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import _validate as V
+from .parallel import run_interleaved
 
 # torchvision GeneralizedRCNNTransform defaults (FasterRCNN.__init__): min_size=(800,), max_size=1333.
 MIN_SIZE = 800
@@ -58,20 +59,20 @@ def _linear_coeffs(in_size, out_size, start, stop, one):
     return i0, i1, l0, l1
 
 
-@njit(cache=True, parallel=True)
-def _resize_kernel(image, out_h, out_w):
-    """(C, H, W) -> (C, OH, OW), float32 or float64 (one compiled version each); parallel over the C*OH rows."""
+@njit(cache=True, nogil=True)
+def _resize_kernel(image, out, first, step):
+    """(C, H, W) -> out (C, OH, OW), float32 or float64 (one compiled version each), rows first, first + step, ...
+    of the C*OH output rows (threads take interleaved rows: `run_interleaved`)."""
     c_, h, w = image.shape
+    out_h, out_w = out.shape[1], out.shape[2]
     one = image.dtype.type(1)
-    out = np.empty((c_, out_h, out_w), image.dtype)
     y0, y1, ly0, ly1 = _linear_coeffs(h, out_h, 0, out_h, one)     # (OH,) each
     x0, x1, lx0, lx1 = _linear_coeffs(w, out_w, 0, out_w, one)     # (OW,) each
-    for row in prange(c_ * out_h):
+    for row in range(first, c_ * out_h, step):
         c, oy = row // out_h, row % out_h
         top, bottom = image[c, y0[oy]], image[c, y1[oy]]          # (W,) the two source rows
         for ox in range(out_w):
             out[c, oy, ox] = _bilinear_value(top, bottom, x0[ox], x1[ox], ly0[oy], ly1[oy], lx0[ox], lx1[ox])
-    return out
 
 
 @njit(cache=True)
@@ -103,7 +104,10 @@ def resize_bilinear(image, out_h, out_w) -> np.ndarray:
     if img.shape[1] == 0 or img.shape[2] == 0:
         raise ValueError(f"image: expected non-empty height and width, got shape {img.shape}")
     out_h, out_w = V.integer("out_h", out_h, 1), V.integer("out_w", out_w, 1)
-    return _from_opmath(_resize_kernel(_in_opmath(img), out_h, out_w), img.dtype)
+    work = _in_opmath(img)                                          # (C, H, W) float32 or float64
+    out = np.empty((work.shape[0], out_h, out_w), work.dtype)       # (C, OH, OW)
+    run_interleaved(_resize_kernel, work.shape[0] * out_h, work, out)
+    return _from_opmath(out, img.dtype)
 
 
 def _in_opmath(a: np.ndarray) -> np.ndarray:

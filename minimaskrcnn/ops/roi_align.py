@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import _validate as V
+from .parallel import run_interleaved
 from .boxes import box_area
 
 
@@ -58,25 +59,25 @@ def _bilinear_taps(y, x, height, width):
             hy * hx, hy * lx, ly * hx, ly * lx)
 
 
-@njit(cache=True, parallel=True)
-def _roi_align_kernel(features, rois, batch_idx, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+@njit(cache=True, nogil=True)
+def _roi_align_kernel(features, rois, batch_idx, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, out,
+                      first, step):
     """features (N, H, W, C) channels-last and rois (K, 5), both of dtype T (float32 or float64), batch_idx (K,)
-    int64 -> (K, C, PH, PW) of dtype T: torchvision's roi_align_forward_kernel_impl<T>, all arithmetic in T. Numba
-    compiles one version per dtype.
+    int64 -> out (K, C, PH, PW) of dtype T, RoIs first, first + step, ...: torchvision's
+    roi_align_forward_kernel_impl<T>, all arithmetic in T. Numba compiles one version per dtype.
 
-    Parallel over RoIs. Each sample's 4 taps are computed once and applied to all channels at once (contiguous in
-    channels-last memory); every channel still accumulates its samples in torchvision's order (iy outer, ix inner,
-    from 0), so each output element is bitwise torchvision's.
+    Threads take interleaved RoIs (`run_interleaved`). Each sample's 4 taps are computed once and applied to all
+    channels at once (contiguous in channels-last memory); every channel still accumulates its samples in
+    torchvision's order (iy outer, ix inner, from 0), so each output element is bitwise torchvision's.
     """
     n, height, width, channels = features.shape
     k_rois = rois.shape[0]
     T = features.dtype.type
-    out = np.empty((k_rois, channels, pooled_h, pooled_w), features.dtype)
     flat = features.reshape(n, height * width, channels)            # (N, H*W, C)
     scale = T(spatial_scale)
     offset = T(0.5) if aligned else T(0.0)
     one = T(1)
-    for k in prange(k_rois):
+    for k in range(first, k_rois, step):
         start_w = rois[k, 1] * scale - offset
         start_h = rois[k, 2] * scale - offset
         roi_w = rois[k, 3] * scale - offset - start_w
@@ -105,7 +106,6 @@ def _roi_align_kernel(features, rois, batch_idx, spatial_scale, pooled_h, pooled
                             acc[c] += ((w1 * v1[c] + w2 * v2[c]) + w3 * v3[c]) + w4 * v4[c]
                 for c in range(channels):
                     out[k, c, ph, pw] = acc[c] / count
-    return out
 
 
 def roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=False) -> np.ndarray:
@@ -134,7 +134,8 @@ def roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligne
     dtype = np.float64 if f.dtype == np.float64 else np.float32         # the kernel's T
     f = np.ascontiguousarray(f.transpose(0, 2, 3, 1), dtype=dtype)     # (N, C, H, W) -> (N, H, W, C)
     r = np.ascontiguousarray(r, dtype=dtype)                           # (K, 5)
-    out = _roi_align_kernel(f, r, batch, scale, ph, pw, ratio, bool(aligned))   # (K, C, PH, PW)
+    out = np.empty((r.shape[0], f.shape[3], ph, pw), dtype)                 # (K, C, PH, PW)
+    run_interleaved(_roi_align_kernel, r.shape[0], f, r, batch, scale, ph, pw, ratio, bool(aligned), out)
     return out.astype(np.float16) if features_dtype == np.float16 else out
 
 
