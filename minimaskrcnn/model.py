@@ -76,6 +76,7 @@ class MaskRCNN:
         with t.timed("fpn"):
             p = fpn.fpn_forward(w.fpn, c)                                         # P2..P6 (256, Hl, Wl)
         t.record(**{f"P{layer + 1}": m for layer, m in zip(cfg.returned_layers + (cfg.returned_layers[-1] + 1,), p)})
+        del c                   # not needed past the FPN (kept only in a trace): ~100 MB less at every later peak
         with t.timed("rpn"):
             r = rpn.rpn_forward(w.rpn_head, p, x.shape[1:], size, cfg)
         t.record(**r._asdict())
@@ -87,6 +88,7 @@ class MaskRCNN:
             with t.timed("mask_branch"):
                 m = mask_head.mask_forward(w.mask_head, p, b.boxes, b.labels, size, cfg)
             t.record(**m._asdict())
+        del p                   # nor the pyramid past the heads: the pasted masks are the last and largest arrays
         with t.timed("postprocess"):
             boxes = transform.rescale_boxes(b.boxes, size, original_size)         # (D, 4) original pixels
             if cfg.masks:
