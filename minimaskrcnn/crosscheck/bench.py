@@ -112,8 +112,10 @@ def bench_size(weights, image, threads, repeats, tmp, peers=PEERS, native_blas=F
         for k, w_ in workers.items():
             runs[k].append(w_.ask())
     blas = {k: w_.ask("blas") for k, w_ in workers.items()}
+    rss = {k: w_.ask("rss")["maxrss_mb"] for k, w_ in workers.items()}     # the inference's peak, before `flops`
     flops = workers["minimaskrcnn"].ask("flops") if "minimaskrcnn" in workers else None
-    rss = {k: w_.close() for k, w_ in workers.items()}
+    for w_ in workers.values():
+        w_.close()
     result = {"size": [h, w], "rss_mb": rss, "flops": flops, "blas": blas}
     for k, rs in runs.items():
         result[k] = {"median": float(np.median([r["latency"] for r in rs])), "detections": rs[-1]["detections"],

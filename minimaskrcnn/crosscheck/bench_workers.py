@@ -10,6 +10,8 @@ weights), sets its thread count, and answers one JSON line per request line on s
             OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE the process was started with
     flops   (minimaskrcnn only) one more pass with every convolution and fully connected layer timed: their
             direct-method FLOPs per kind, and the float32 matmul rate measured in the same process
+    rss     peak resident memory so far (VmHWM): asked before `flops`, whose matmul of the largest convolution's
+            GEMM shape allocates ~0.6 GB that no inference needs
     quit    peak resident memory (VmHWM), then exit
 
 Our worker gets its thread count from `minimaskrcnn.set_num_threads` alone (its environment has no thread
@@ -44,6 +46,8 @@ def worker(kind: str, weights: str, threads: int, image_path: str, onnx_path: st
             break
         if request == "blas":
             print(json.dumps(blas_report()), flush=True)
+        elif request == "rss":
+            print(json.dumps({"maxrss_mb": peak_rss_mb()}), flush=True)
         elif request == "flops":
             print(json.dumps(_flop_rates(run, image, threads)), flush=True)
         else:
