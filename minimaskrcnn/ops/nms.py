@@ -27,8 +27,9 @@ def _nms_kernel(boxes, order, iou_threshold):
     """
     n = boxes.shape[0]
     zero = boxes.dtype.type(0)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = (x2 - x1) * (y2 - y1)                       # (N,) no +1 (facts §8)
+    areas = np.empty(n, boxes.dtype)                    # (N,) no +1 (facts §8); a loop: the array expression
+    for k in range(n):                                  # it replaces cost ~0.3 s more compilation (measured)
+        areas[k] = (boxes[k, 2] - boxes[k, 0]) * (boxes[k, 3] - boxes[k, 1])
     suppressed = np.zeros(n, np.bool_)                  # (N,)
     keep = np.empty(n, np.int64)                        # (N,) first `num_kept` entries used
     num_kept = 0
@@ -42,8 +43,8 @@ def _nms_kernel(boxes, order, iou_threshold):
             j = order[_j]
             if suppressed[j]:
                 continue
-            w = max(zero, min(x2[i], x2[j]) - max(x1[i], x1[j]))
-            h = max(zero, min(y2[i], y2[j]) - max(y1[i], y1[j]))
+            w = max(zero, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]))
+            h = max(zero, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]))
             inter = w * h
             iou = inter / (areas[i] + areas[j] - inter)  # in the boxes' dtype; 0/0 = NaN never suppresses
             if np.float64(iou) > iou_threshold:          # compared in double: IoU == threshold is kept
