@@ -1,13 +1,12 @@
 """The model of a worker process: loaded once per process and kept (keyed by the weights and their file's size and
 mtime), and run one image at a time with the worker's threads.
 
-A Dask worker with k threads may run k tasks at once. Each `predict` would use every core it is given (Numba's
-parallel loops and the BLAS), so here one `predict` runs at a time per process, under a lock, with Numba's and the
-BLAS's thread counts set to k: the process uses k cores, never k * k, and holds one set of activations (a process
-peaks at 1.4 GB with the COCO model at 800x1333, README "Speed and memory"); the other task threads meanwhile decode
-input and encode PNGs. For throughput on one machine, single-threaded workers (`--workers N`, `dask worker --nthreads
-1`) avoid the lock altogether. Numba's workqueue threading layer also forbids parallel kernels launched from two
-threads at once, another reason for the lock.
+A Dask worker with k threads may run k tasks at once. Each `predict` would use every core it is given (the
+multi-threaded kernels of `minimaskrcnn.ops.parallel` and the BLAS), so here one `predict` runs at a time per
+process, under a lock, with Numba's and the BLAS's thread counts set to k: the process uses k cores, never k * k, and
+holds one set of activations (README "Speed and memory" gives a process's peak); the other task threads meanwhile
+decode input and encode PNGs. For throughput on one machine, single-threaded workers (`--workers N`, `dask worker --nthreads
+1`) avoid the lock altogether.
 
 Dask's nanny starts worker processes with OMP/MKL/OPENBLAS_NUM_THREADS=1 (distributed's `nanny.pre-spawn-environ`);
 the BLAS count is raised to k at run time through threadpoolctl (part of the `distributed` extra) when k > 1.
