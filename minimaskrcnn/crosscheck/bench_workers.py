@@ -180,35 +180,33 @@ def _flop_rates(run, image, threads):
         if gemm is not None and flops > largest[0]:
             largest = (flops, gemm)
 
-    def conv(fn):
-        def wrapper(x, c, *args, **kwargs):
-            t0 = time.perf_counter()
-            y = fn(x, c, *args, **kwargs)
-            seconds = time.perf_counter() - t0
-            positions = y.size // c.out_channels
-            flops = 2 * c.out_channels * c.in_channels * c.kernel ** 2 * positions
-            kind = "3x3 Winograd" if c.winograd else "1x1" if c.kernel == 1 else "im2col"
-            add(kind, flops, seconds, (c.out_channels, c.in_channels * c.kernel ** 2, positions))
-            return y
-        return wrapper
+    def conv_flops(x, c, y):
+        positions = y.size // c.out_channels
+        kind = "3x3 Winograd" if c.winograd else "1x1" if c.kernel == 1 else "im2col"
+        return (kind, 2 * c.out_channels * c.in_channels * c.kernel ** 2 * positions,
+                (c.out_channels, c.in_channels * c.kernel ** 2, positions))
 
-    def linear(fn):
-        def wrapper(x, fc, *args, **kwargs):
-            t0 = time.perf_counter()
-            y = fn(x, fc, *args, **kwargs)
-            add("linear", 2 * x.shape[0] * fc.weight.shape[0] * fc.weight.shape[1], time.perf_counter() - t0)
-            return y
-        return wrapper
+    def linear_flops(x, fc, y):
+        return "linear", 2 * x.shape[0] * fc.weight.shape[0] * fc.weight.shape[1], None
 
-    def deconv(fn):
-        def wrapper(x, d, *args, **kwargs):
-            t0 = time.perf_counter()
-            y = fn(x, d, *args, **kwargs)
-            add("deconv 2x2", 2 * x.size * d.weight.shape[1], time.perf_counter() - t0)
-            return y
-        return wrapper
+    def deconv_flops(x, d, y):
+        return "deconv 2x2", 2 * x.size * d.weight.shape[1], None
 
-    wrappers = {"conv2d": conv, "conv2d_rois": conv, "linear": linear, "conv_transpose2x2_patches": deconv}
+    def timed(flops_of):
+        """A layer function `fn(x, layer, ...)` wrapped to add its seconds and direct-method FLOPs to `kinds`."""
+        def wrap(fn):
+            def wrapper(x, layer, *args, **kwargs):
+                t0 = time.perf_counter()
+                y = fn(x, layer, *args, **kwargs)
+                seconds = time.perf_counter() - t0
+                kind, flops, gemm = flops_of(x, layer, y)
+                add(kind, flops, seconds, gemm)
+                return y
+            return wrapper
+        return wrap
+
+    wrappers = {"conv2d": timed(conv_flops), "conv2d_rois": timed(conv_flops), "linear": timed(linear_flops),
+                "conv_transpose2x2_patches": timed(deconv_flops)}
     patched = [(m, name, getattr(m, name)) for m in (backbone, fpn, rpn, box_head, mask_head) for name in wrappers
                if hasattr(m, name)]
     for m, name, fn in patched:
