@@ -36,7 +36,7 @@ def add_commands(sub, general) -> None:
                                        "the fastest, stages, memory, the BLAS kernel each one runs, the ratio to the "
                                        "direct-GEMM time and start-up costs.",
                            epilog=f"examples:\n  {PROG} bench\n  {PROG} bench --threads 1 --sizes 480x640 --repeats 9"
-                                  f"\n  {PROG} bench --native-blas --throughput 8")
+                                  f"\n  {PROG} bench --native-blas --throughput 8 --fresh-install")
     bench.add_argument("--repeats", type=positive, default=5, metavar="N",
                        help="timed runs of each, after one warm-up (default 5)")
     bench.add_argument("--sizes", type=sizes, default=sizes("480x640,800x1333"), metavar="HxW,...",
@@ -49,6 +49,9 @@ def add_commands(sub, general) -> None:
     bench.add_argument("--throughput", type=positive, default=0, metavar="N",
                        help="also: N images through one process with all threads, and through one 1-thread "
                             "process per thread at the same time (images per second)")
+    bench.add_argument("--fresh-install", action="store_true",
+                       help="also time the first result of a real fresh install: this checkout built into a wheel "
+                            "by pip and installed into a new virtual environment (about a minute more)")
     bench.add_argument("--v2", action="store_true", help="benchmark maskrcnn_resnet50_fpn_v2")
     bench.add_argument("--json", metavar="FILE", help="also write the raw results here")
     bench.set_defaults(func=cmd_bench)
@@ -74,9 +77,13 @@ def cmd_bench(args) -> int:
     if missing:
         raise UsageError(f"bench needs {', '.join(missing)}: pip install '.[test]'"
                          + (" (or --peers minimaskrcnn,torchvision)" if "onnxruntime" in missing else ""))
-    from minimaskrcnn.crosscheck.bench import run
+    from minimaskrcnn.crosscheck.bench import CHECKOUT, run
+    if args.fresh_install and not (CHECKOUT / "setup.py").is_file():
+        raise UsageError(f"--fresh-install builds the package from its checkout, and {CHECKOUT} is not one "
+                         "(no setup.py): run the bench from a source checkout's installation")
     return run(args.sizes, args.threads or os.cpu_count(), args.repeats, v2=args.v2, json_path=args.json,
-               peers=args.peers, native_blas=args.native_blas, throughput_images=args.throughput)
+               peers=args.peers, native_blas=args.native_blas, throughput_images=args.throughput,
+               install=args.fresh_install)
 
 
 # --- demo -------------------------------------------------------------------------------------------------------------

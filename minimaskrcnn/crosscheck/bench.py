@@ -18,8 +18,10 @@ warm-up run each, so that a noisy, shared machine slows all alike. It reports pe
   architecture, num_threads), with a warning when OPENBLAS_CORETYPE forces a kernel (`--native-blas` starts the
   workers without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE; the benchmark command only, never tests or CI);
 
-then the start-up of a fresh process with an empty Numba cache (a fresh install: NUMBA_CACHE_DIR pointed at an
-empty directory) and with a warm one, and on request (`--throughput N`) images per second of one T-thread process
+then the start-up of a fresh process with no Numba cache (NUMBA_CACHE_DIR pointed at an empty directory: every
+kernel compiled) and with a warm one; with `--fresh-install`, of a real one: the checkout built into a wheel by pip
+(which compiles the kernels into it, `minimaskrcnn/precompile.py`) and installed into a new virtual environment. On
+request (`--throughput N`) images per second of one T-thread process
 against T 1-thread processes running at the same time. Speed is never asserted by a test; this prints ratios
 measured in one run.
 
@@ -40,6 +42,7 @@ import numpy as np
 PEERS = ("minimaskrcnn", "torchvision", "onnxruntime")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS")
 FORCING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")     # OpenBLAS's kernel choice and cache-size overrides
+CHECKOUT = Path(__file__).resolve().parents[2]          # the source tree, when installed from one (editable)
 ONNX_OPSET = 11                                          # what torchvision's detection export is tested with
 
 
@@ -152,25 +155,54 @@ def throughput(weights, image, threads, n_images, tmp, native_blas=False) -> dic
     return out
 
 
+STARTUP = ("import time; t0 = time.perf_counter(); import numpy as np, minimaskrcnn; from minimaskrcnn import model;"
+           "t1 = time.perf_counter(); m = minimaskrcnn.load(%r); t2 = time.perf_counter();"
+           "m.predict(np.load(%r)); t3 = time.perf_counter(); from minimaskrcnn.precompile import cache_misses;"
+           "print(t1 - t0, t2 - t1, t3 - t2, sum(cache_misses().values()))")
+
+
 def startup(weights, image, tmp, native_blas=False):
-    """A fresh process: import, load the weights, first result; with an empty (a fresh install), then a warm Numba
-    cache. The thread variables are left as the caller's environment has them."""
+    """A fresh process: import, load the weights, first result; with no Numba cache at all (NUMBA_CACHE_DIR pointed at
+    an empty directory: what an install without compiled kernels runs, e.g. an editable one), then with the cache that
+    run left. The thread variables are left as the caller's environment has them."""
+    env = {k: v for k, v in os.environ.items() if not (native_blas and k in FORCING)}
+    env["NUMBA_CACHE_DIR"] = str(Path(tmp) / "numba-cache")
+    return _first_results(weights, image, tmp, sys.executable, env, ("no cache", "warm cache"))
+
+
+def fresh_install(weights, image, tmp, native_blas=False):
+    """A real fresh install: this checkout built into a wheel by pip (setup.py compiles the Numba kernels into it,
+    minimaskrcnn/precompile.py), installed into a new virtual environment, then two fresh processes in it. Needs the
+    checkout (setup.py beside the package) and pip's access to numpy, numba and pillow."""
+    root = CHECKOUT
+    wheels, venv = Path(tmp) / "wheels", Path(tmp) / "fresh-venv"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(root), "-w", str(wheels)],
+                   check=True, cwd=tmp)
+    built = time.perf_counter() - t0
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", str(next(wheels.glob("minimaskrcnn-*.whl")))],
+                   check=True, cwd=tmp)
+    env = {k: v for k, v in os.environ.items()
+           if not (native_blas and k in FORCING) and k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+    out = _first_results(weights, image, tmp, python, env, ("fresh install", "fresh install, second run"))
+    out["fresh install"]["wheel_build"] = built
+    return out
+
+
+def _first_results(weights, image, tmp, python, env, labels) -> dict:
     path = str(Path(tmp) / "startup.npy")
     np.save(path, image)
-    code = ("import time; t0 = time.perf_counter(); import numpy as np, minimaskrcnn; from minimaskrcnn import model;"
-            "t1 = time.perf_counter(); m = minimaskrcnn.load(%r); t2 = time.perf_counter();"
-            "m.predict(np.load(%r)); t3 = time.perf_counter();"
-            "print(t1 - t0, t2 - t1, t3 - t2)") % (str(weights), path)
-    cache = Path(tmp) / "numba-cache"
-    env = {k: v for k, v in os.environ.items() if not (native_blas and k in FORCING)}
-    env["NUMBA_CACHE_DIR"] = str(cache)
     out = {}
-    for label in ("empty cache", "warm cache"):
+    for label in labels:
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        res = subprocess.run([python, "-c", STARTUP % (str(weights), path)], env=env, cwd=tmp, capture_output=True,
+                             text=True, check=True)
         total = time.perf_counter() - t0
-        imp, load, first = (float(v) for v in res.stdout.split())
-        out[label] = {"process": total, "import": imp, "load_weights": load, "first_predict": first}
+        imp, load, first, compiled = res.stdout.split()
+        out[label] = {"process": total, "import": float(imp), "load_weights": float(load),
+                      "first_predict": float(first), "compiled_signatures": int(compiled)}
     return out
 
 
@@ -219,7 +251,7 @@ def versions() -> dict:
 
 
 def run(sizes, threads: int, repeats: int, v2: bool = False, json_path=None, peers=PEERS, native_blas=False,
-        throughput_images=0) -> int:
+        throughput_images=0, install=False) -> int:
     """Benchmark every (h, w) of `sizes`; print the report (and write the raw results to `json_path`)."""
     from minimaskrcnn.crosscheck.bench_report import report
     forced = {k: os.environ[k] for k in FORCING if k in os.environ and not native_blas}
@@ -231,6 +263,8 @@ def run(sizes, threads: int, repeats: int, v2: bool = False, json_path=None, pee
         weights = make_weights(tmp, v2)
         results = [bench_size(weights, test_image(h, w), threads, repeats, tmp, peers, native_blas) for h, w in sizes]
         start = startup(weights, test_image(*sizes[0]), tmp, native_blas)
+        if install:
+            start.update(fresh_install(weights, test_image(*sizes[0]), tmp, native_blas))
         tput = (throughput(weights, test_image(*sizes[0]), threads, throughput_images, tmp, native_blas)
                 if throughput_images else None)
     raw = {"date": time.strftime("%Y-%m-%d"), "threads": threads, "versions": versions(), "forced": forced,

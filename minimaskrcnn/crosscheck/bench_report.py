@@ -15,11 +15,17 @@ def report(raw: dict) -> str:
         lines += _size_lines(r)
     for label, s in raw["startup"].items():
         lines.append(f"fresh process, {label}: {s['process']:.2f} s to the first result (import {s['import']:.2f} s, "
-                     f"load weights {s['load_weights']:.2f} s, first predict {s['first_predict']:.2f} s)")
+                     f"load weights {s['load_weights']:.2f} s, first predict {s['first_predict']:.2f} s; "
+                     f"{s.get('compiled_signatures', '?')} kernel signatures compiled)")
     s = raw["startup"]
-    if {"empty cache", "warm cache"} <= set(s):
-        lines.append(f"  first run of a fresh install: +{s['empty cache']['process'] - s['warm cache']['process']:.2f} s"
-                     " over a warm cache (Numba compilation)")
+    for first, warm, what in (("no cache", "warm cache", "with no Numba cache (every kernel compiled)"),
+                              ("fresh install", "fresh install, second run",
+                               "of a fresh install (pip-built wheel, its compiled kernels)")):
+        if {first, warm} <= set(s):
+            lines.append(f"  first run {what}: +{s[first]['process'] - s[warm]['process']:.2f} s over a warm one")
+    if "fresh install" in s:
+        lines.append(f"  (building that wheel took {s['fresh install']['wheel_build']:.1f} s, compiling the kernels "
+                     "included)")
     if raw.get("throughput"):
         lines.append("")
         lines.append("throughput (minimaskrcnn, processes running at the same time):")
