@@ -22,7 +22,7 @@ from typing import Mapping
 import numpy as np
 
 from minimaskrcnn.config import Config
-from minimaskrcnn.nn.layers import Conv, conv2d, load_conv, upsample_nearest
+from minimaskrcnn.nn.layers import Conv, add_upsampled_nearest, conv2d, load_conv
 
 PREFIX = "backbone.fpn"     # state-dict prefix (facts §9)
 
@@ -59,9 +59,9 @@ def fpn_forward(w: FPNWeights, c_maps: list) -> list:
     last = conv2d(c_maps[-1], w.inner[-1])                                  # (F, H_L, W_L)
     p_maps = [conv2d(last, w.layer[-1])]                                    # [(F, H_L, W_L)]
     for i in range(len(c_maps) - 2, -1, -1):
-        top_down = upsample_nearest(last, c_maps[i].shape[1:])              # (F, H_i, W_i), src = dst // 2
-        last = conv2d(c_maps[i], w.inner[i], residual=top_down)             # lateral + top-down, (F, H_i, W_i)
-        del top_down                        # before the output conv: one (F, H_2, W_2) map less at the peak (55 MB)
+        lateral = conv2d(c_maps[i], w.inner[i])                             # (F, H_i, W_i)
+        # lateral + upsample_nearest(last) (src = dst // 2), in place: the upsampled map is never made (55 MB at P2)
+        last = add_upsampled_nearest(lateral, last)                         # (F, H_i, W_i)
         p_maps.insert(0, conv2d(last, w.layer[i]))                          # (F, H_i, W_i)
     p_maps.append(np.ascontiguousarray(p_maps[-1][:, ::2, ::2]))            # LastLevelMaxPool: (F, ceil(H_L/2), .)
     return p_maps

@@ -262,6 +262,21 @@ def test_upsample_nearest_is_torchs(h, w, h_out, w_out):
     np.testing.assert_array_equal(got, ref.numpy())
 
 
+@given(st.integers(1, 3), st.integers(1, 20), st.integers(1, 20), st.sampled_from([1, 2, None]),
+       st.integers(0, 2**31))
+def test_add_upsampled_nearest_is_the_sum_with_the_upsampled_map_bit_for_bit(c, h, w, factor, seed):
+    """The FPN's in-place merge equals `out + upsample_nearest(x)` exactly, for the 2x case and any other size."""
+    rng = np.random.default_rng(seed)
+    h_out, w_out = (h * factor, w * factor) if factor else (int(rng.integers(1, 45)), int(rng.integers(1, 45)))
+    x = random_array(rng, (c, h, w))
+    out = random_array(rng, (c, h_out, w_out))
+    out[0, 0, 0] = np.nan                                                   # NaN propagates as in the sum
+    expected = out + layers.upsample_nearest(x, (h_out, w_out))
+    got = layers.add_upsampled_nearest(out, x)
+    assert got is out
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_relu_keeps_nan_and_zeroes_negatives():
     np.testing.assert_array_equal(layers.relu(np.array([-1, 0, 2, np.nan], np.float32)), [0, 0, 2, np.nan])
 
