@@ -6,10 +6,11 @@ Reproduces torchvision's `maskrcnn_resnet50_fpn` / `fasterrcnn_resnet50_fpn` (v1
     model = minimaskrcnn.load("maskrcnn_resnet50_fpn_coco")   # or a converted .npz, or a torchvision .pth
     det = model.predict("photo.jpg")                          # boxes, labels, scores, masks, class_names
     minimaskrcnn.set_num_threads(1)                           # this process's share of the cores (Numba + BLAS)
+    minimaskrcnn.reuse_freed_memory()                         # faster: malloc keeps freed feature maps (glibc)
 """
 from minimaskrcnn._version import __version__
 
-__all__ = ["load", "MaskRCNN", "Detections", "Config", "set_num_threads", "__version__"]
+__all__ = ["load", "MaskRCNN", "Detections", "Config", "set_num_threads", "reuse_freed_memory", "__version__"]
 
 
 def __getattr__(name):
@@ -23,6 +24,9 @@ def __getattr__(name):
     if name == "set_num_threads":                 # Numba's pool and every loaded BLAS (nn/threads.py)
         from minimaskrcnn.nn.threads import set_num_threads
         return set_num_threads
+    if name == "reuse_freed_memory":              # glibc malloc keeps freed feature maps (nn/workspace.py)
+        from minimaskrcnn.nn.workspace import reuse_freed_memory
+        return reuse_freed_memory
     if name == "Config":
         from minimaskrcnn.config import Config
         return Config
