@@ -57,7 +57,7 @@ def add_commands(sub, general) -> None:
     bench.set_defaults(func=cmd_bench)
 
 
-PEERS = ("minimaskrcnn", "torchvision", "onnxruntime")
+PEERS = ("minimaskrcnn", "torchvision", "onnxruntime", "torchvision+mallopt")   # as crosscheck/bench.py
 
 
 def peers(text: str) -> tuple:

@@ -1,7 +1,11 @@
 """Speed and memory of minimaskrcnn against its peers on the same CPU cores (`minimaskrcnn bench`).
 
 Peers: torchvision, and ONNX Runtime running torchvision's ONNX export of the same model (torch.onnx.export, the
-TorchScript exporter, traced here at each benchmark size; the runtime a CPU user without PyTorch would pick).
+TorchScript exporter, traced here at each benchmark size; the runtime a CPU user without PyTorch would pick). Our
+worker runs with the malloc setting the `minimaskrcnn` command sets for itself (`nn/workspace.reuse_freed_memory`:
+freed feature maps are reused instead of returned to the kernel); "torchvision+mallopt", torchvision in a process with
+that same setting, shows how much of a difference is that setting rather than the arithmetic ("/ fastest" is
+against the peers as their users run them, without it).
 
 Method. Each peer runs in its own worker process (`bench_workers.py`), so that each one's peak resident memory is its
 own. All load the same weights (a random-weight torchvision model saved once and converted: the same arithmetic as
@@ -39,7 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-PEERS = ("minimaskrcnn", "torchvision", "onnxruntime")
+from minimaskrcnn.crosscheck.bench_report import MALLOPT_PEER
+
+# MALLOPT_PEER, torchvision+mallopt: torchvision in a process with the malloc setting our worker runs with, as the
+# `minimaskrcnn` command does (nn/workspace.reuse_freed_memory); it shows how much of the difference is that setting
+PEERS = ("minimaskrcnn", "torchvision", "onnxruntime", MALLOPT_PEER)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS")
 FORCING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")     # OpenBLAS's kernel choice and cache-size overrides
 CHECKOUT = Path(__file__).resolve().parents[2]          # the source tree, when installed from one (editable)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import platform
 
+# torchvision in a process with our malloc setting (bench.py): a reference for that setting, not a peer
+MALLOPT_PEER = "torchvision+mallopt"
+
 
 def report(raw: dict) -> str:
     v = raw["versions"]
@@ -39,16 +42,16 @@ def report(raw: dict) -> str:
 
 def _size_lines(r: dict) -> list:
     h, w = r["size"]
-    peers = [k for k in ("minimaskrcnn", "torchvision", "onnxruntime") if k in r]
-    fastest = min(r[k]["median"] for k in peers)
+    peers = list(r["rss_mb"])                                               # in the bench's order
+    fastest = min(r[k]["median"] for k in ([k for k in peers if k != MALLOPT_PEER] or peers))
     tv_rss = r["rss_mb"].get("torchvision")
     least_cpu = min(r[k].get("cpu", float("nan")) for k in peers)
-    lines = [f"input {h}x{w}:", f"  {'peer':<14}{'latency':>9}{'/ fastest':>11}{'CPU s':>8}{'/ least':>9}"
+    lines = [f"input {h}x{w}:", f"  {'peer':<20}{'latency':>9}{'/ fastest':>11}{'CPU s':>8}{'/ least':>9}"
              f"{'peak RSS':>10}{'/ tv':>7}{'detections':>12}"]
     for k in peers:
         rss, cpu = r["rss_mb"][k], r[k].get("cpu", float("nan"))
         rel = f"{rss / tv_rss:7.2f}" if tv_rss else f"{'-':>7}"
-        lines.append(f"  {k:<14}{r[k]['median']:8.3f}s{r[k]['median'] / fastest:11.2f}{cpu:8.2f}{cpu / least_cpu:9.2f}"
+        lines.append(f"  {k:<20}{r[k]['median']:8.3f}s{r[k]['median'] / fastest:11.2f}{cpu:8.2f}{cpu / least_cpu:9.2f}"
                      f"{rss:8.0f}MB{rel}{r[k]['detections']:12d}")
     if "minimaskrcnn" in r:
         ours, tv = r["minimaskrcnn"]["stages"], r.get("torchvision", {}).get("stages", {})

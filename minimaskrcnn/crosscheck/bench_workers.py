@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from minimaskrcnn.crosscheck.bench_report import MALLOPT_PEER
+
 TV_STAGES = (("backbone", "backbone.body"), ("fpn", "backbone.fpn"), ("rpn", "rpn"),
              ("box_branch", "roi_heads.box_roi_pool", "roi_heads.box_head", "roi_heads.box_predictor"),
              ("mask_branch", "roi_heads.mask_roi_pool", "roi_heads.mask_head", "roi_heads.mask_predictor"))
@@ -37,8 +39,11 @@ MATMUL_SIDE = 2048
 def worker(kind: str, weights: str, threads: int, image_path: str, onnx_path: str = "") -> None:
     """Serve requests on stdin (module docstring) with one JSON line each on stdout."""
     image = np.load(image_path)                                              # (H, W, 3) float32 in [0, 1]
+    if kind in ("minimaskrcnn", MALLOPT_PEER):     # ours as the `minimaskrcnn` command runs (cli/main.py)
+        from minimaskrcnn.nn.workspace import reuse_freed_memory
+        reuse_freed_memory()
     run = {"minimaskrcnn": _minimaskrcnn_runner, "torchvision": _torchvision_runner,
-           "onnxruntime": _onnxruntime_runner}[kind](weights, threads, onnx_path)
+           MALLOPT_PEER: _torchvision_runner, "onnxruntime": _onnxruntime_runner}[kind](weights, threads, onnx_path)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         request = line.strip()
