@@ -50,6 +50,8 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _set_threads(args.threads)
+    from minimaskrcnn.nn.threads import let_blas_threads_sleep
+    let_blas_threads_sleep()        # before NumPy loads OpenBLAS: its idle threads sleep instead of spinning (threads.py)
     from minimaskrcnn.nn.workspace import reuse_freed_memory
     reuse_freed_memory()            # this process's malloc keeps freed feature maps for the next layer (workspace.py)
     warnings.showwarning = _one_line_warning

@@ -31,6 +31,25 @@ _OPENBLAS_SUFFIXES = ("", "64_")
 _MKL_SET = "MKL_Set_Num_Threads"
 _MKL_GET = "MKL_Get_Max_Threads"
 
+# After each product OpenBLAS's threads wait for the next one by spinning (sched_yield in a loop) for 2^28 cycles,
+# about 0.1 s, before they sleep (OpenBLAS blas_server.c, thread_timeout). Between two products the network runs its
+# own kernels on threads of its own (ops/parallel.py), which then share the cores with the spinning threads: with them
+# the parallel Winograd transforms, im2col and bias kernels gained nothing (800x1066, native kernel: 1.39-1.45 s
+# against 1.43-1.50 s serial), with OPENBLAS_THREAD_TIMEOUT=4 (2^4 cycles, OpenBLAS's minimum: sleep at once; a
+# product then wakes its threads, microseconds) 1.22-1.32 s (2026-12-02, three interleaved rounds of 5). OpenBLAS
+# reads the variable once, when it loads.
+BLAS_SLEEP_VARIABLES = {"OPENBLAS_THREAD_TIMEOUT": "4"}
+
+
+def let_blas_threads_sleep() -> bool:
+    """Make the OpenBLAS libraries loaded from now on put idle threads to sleep at once instead of spinning
+    (`BLAS_SLEEP_VARIABLES`; a variable already set is left as it is). A process-wide choice, so the application makes
+    it (the `minimaskrcnn` command does); it reaches NumPy's OpenBLAS only if NumPy is not imported yet, which is what
+    it returns."""
+    for name, value in BLAS_SLEEP_VARIABLES.items():
+        os.environ.setdefault(name, value)
+    return "numpy" not in sys.modules
+
 
 def set_num_threads(n: int) -> list:
     """Use at most `n` threads in the multi-threaded kernels (Numba's setting, `ops.parallel`) and in every loaded

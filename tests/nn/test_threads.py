@@ -76,3 +76,44 @@ def test_bad_thread_counts_are_a_clear_value_error(bad):
     from minimaskrcnn.nn.threads import set_num_threads
     with pytest.raises(ValueError, match="positive integer"):
         set_num_threads(bad)
+
+
+# CPU seconds this process uses while its main thread sleeps 0.2 s right after a BLAS product on 2 threads: what
+# OpenBLAS's idle thread burns spinning (its default) or not (after let_blas_threads_sleep, which must come before
+# NumPy loads OpenBLAS)
+IDLE_CPU = """
+import sys, time
+if sys.argv[1] == "sleep":
+    from minimaskrcnn.nn.threads import let_blas_threads_sleep
+    assert let_blas_threads_sleep()
+import numpy as np
+a = np.ones((1024, 1024), np.float32)
+for _ in range(3):
+    a @ a
+c0 = time.process_time()
+time.sleep(0.2)
+print(time.process_time() - c0)
+"""
+
+
+def idle_cpu_seconds(mode: str) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES and k != "OPENBLAS_THREAD_TIMEOUT"}
+    env.update(PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]), OPENBLAS_NUM_THREADS="2")
+    res = subprocess.run([sys.executable, "-c", IDLE_CPU, mode], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return float(res.stdout)
+
+
+def test_let_blas_threads_sleep_stops_openblas_spinning_between_products():
+    assert os.cpu_count() >= 2, "needs 2 cores: one for the spinning BLAS thread"
+    assert idle_cpu_seconds("spin") > 0.05            # OpenBLAS's default: its idle thread spins ~0.1 s
+    assert idle_cpu_seconds("sleep") < 0.02           # asleep at once
+
+
+def test_let_blas_threads_sleep_keeps_a_value_already_set_and_says_when_numpy_is_loaded():
+    code = ("import os; os.environ['OPENBLAS_THREAD_TIMEOUT'] = '20'; from minimaskrcnn.nn.threads import "
+            "let_blas_threads_sleep as f; a = f(); import numpy; b = f(); print(a, b, os.environ['OPENBLAS_THREAD_TIMEOUT'])")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert res.stdout.split() == ["True", "False", "20"], res.stderr
