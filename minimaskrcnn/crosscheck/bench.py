@@ -55,11 +55,15 @@ ONNX_OPSET = 11                                          # what torchvision's de
 
 
 def worker_env(kind: str, threads: int, native_blas: bool, **extra) -> dict:
-    """The environment of a worker: no thread variables for ours (set_num_threads must do it), the usual ones for
-    the peers; without the OpenBLAS overrides when native_blas."""
+    """The environment of a worker: for ours no thread variables (set_num_threads must do it) and OpenBLAS's
+    sleeping threads as the `minimaskrcnn` command has them, the usual thread variables for the peers; without the
+    OpenBLAS kernel overrides when native_blas."""
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES and not (native_blas and k in FORCING)}
     if kind != "minimaskrcnn":
         env.update({k: str(threads) for k in THREAD_VARIABLES})
+    else:                                   # as the `minimaskrcnn` command sets it for itself (nn/threads.py)
+        from minimaskrcnn.nn.threads import BLAS_SLEEP_VARIABLES
+        env = {**BLAS_SLEEP_VARIABLES, **env}
     env.update(extra)
     return env
 

@@ -39,6 +39,7 @@ from numba import njit
 
 from minimaskrcnn.nn.winograd import conv3x3, conv3x3_rois, pack_filters
 from minimaskrcnn.nn.workspace import scratch
+from minimaskrcnn.ops.parallel import run_interleaved
 
 # Upper bound on one im2col block. Each block costs one BLAS call, i.e. one wake-up of the BLAS threads. On an idle
 # 2-core machine the block size hardly matters (1k to 50k columns run at the same GFLOP/s), but with the cores shared
@@ -168,12 +169,12 @@ def conv2d(x: np.ndarray, conv: Conv, relu: bool = False, residual: np.ndarray |
             block = x.reshape(c_in, h * w)[:, j0:j1]                        # (C, B)
         else:                          # C-contiguous also for a shorter last block (one compiled kernel: winograd)
             block = scratch("im2col", (c_in * k * k, j1 - j0))              # (C*k*k, B)
-            _im2col_kernel(x, k, s, p, w_out, r0, r1, block)
+            run_interleaved(_im2col_kernel, c_in * k * k, x, k, s, p, w_out, r0, r1, block)   # rows over threads
         np.matmul(conv.weight, block, out=out[:, j0:j1])                    # (C', KK) @ (KK, B) -> (C', B)
         if residual is None:
-            _bias_act_kernel(out, conv.bias, j0, j1, relu)
+            run_interleaved(_bias_act_kernel, out.shape[0], out, conv.bias, j0, j1, relu)
         else:
-            _bias_residual_act_kernel(out, conv.bias, residual, j0, j1, relu)
+            run_interleaved(_bias_residual_act_kernel, out.shape[0], out, conv.bias, residual, j0, j1, relu)
     return out.reshape(conv.out_channels, h_out, w_out)                     # (C', H', W')
 
 
@@ -218,17 +219,18 @@ def _output_size(h: int, w: int, k: int, s: int, p: int) -> tuple:
 # Numba kernels (slow references in tests/naive_layers.py)
 # ----------------------------------------------------------------------------------------------------------------
 
-@njit(cache=True)
-def _im2col_kernel(x, k, s, p, w_out, r0, r1, cols):
+@njit(cache=True, nogil=True)
+def _im2col_kernel(x, k, s, p, w_out, r0, r1, cols, first, step):
     """cols[(c*k + ky)*k + kx, (oy - r0)*W' + ox] = x[c, oy*s - p + ky, ox*s - p + kx] (0 outside the image),
-    for the output rows oy in r0..r1.
+    for the output rows oy in r0..r1 and the rows first, first + step, ... of cols (`run_interleaved`).
 
-    Serial on purpose: a parallel (OpenMP) kernel alternating with the BLAS GEMM leaves its threads spinning while
-    BLAS runs on the same 2 cores, which made the convolution 2x slower than the sum of its parts.
+    A serial kernel on threads of our own, not a parallel (OpenMP) one: those threads kept spinning while BLAS ran
+    on the same 2 cores, which made the convolution 2x slower than the sum of its parts. BLAS's threads spin too,
+    after each product, unless OpenBLAS lets them sleep at once (`nn/threads.py`, OPENBLAS_THREAD_TIMEOUT).
     """
     c_in, h, w = x.shape
     kk = k * k
-    for row in range(c_in * kk):
+    for row in range(first, c_in * kk, step):
         c, ky, kx = row // kk, (row % kk) // k, row % k
         # output columns whose input column ox*s - p + kx lies inside [0, w)
         ox_lo = min(max(0, (p - kx + s - 1) // s), w_out)
@@ -274,11 +276,11 @@ def _im2col_channels_last_kernel(x, k, s, p, h_out, w_out, m0, m1, cols):
                     dst[:] = 0.0
 
 
-@njit(cache=True)
-def _bias_act_kernel(out, bias, j0, j1, relu):
-    """out[o, j0:j1] = relu?(out[o, j0:j1] + bias[o]), in place. The branch is outside the loops, which SIMD-vectorize
-    (4x faster on a cached block than a per-element test)."""
-    for o in range(out.shape[0]):
+@njit(cache=True, nogil=True)
+def _bias_act_kernel(out, bias, j0, j1, relu, first, step):
+    """out[o, j0:j1] = relu?(out[o, j0:j1] + bias[o]), in place, for the channels o = first, first + step, ... The
+    branch is outside the loops, which SIMD-vectorize (4x faster on a cached block than a per-element test)."""
+    for o in range(first, out.shape[0], step):
         b = bias[o]
         row = out[o, j0:j1]
         if relu:
@@ -289,10 +291,11 @@ def _bias_act_kernel(out, bias, j0, j1, relu):
                 row[j] = row[j] + b
 
 
-@njit(cache=True)
-def _bias_residual_act_kernel(out, bias, residual, j0, j1, relu):
-    """out[o, j0:j1] = relu?((out + bias[o]) + residual), in place: torchvision's order, BN(conv) + identity."""
-    for o in range(out.shape[0]):
+@njit(cache=True, nogil=True)
+def _bias_residual_act_kernel(out, bias, residual, j0, j1, relu, first, step):
+    """out[o, j0:j1] = relu?((out + bias[o]) + residual), in place: torchvision's order, BN(conv) + identity; for
+    the channels o = first, first + step, ..."""
+    for o in range(first, out.shape[0], step):
         b = bias[o]
         row, res = out[o, j0:j1], residual[o, j0:j1]
         if relu:

@@ -16,6 +16,7 @@ from numba import njit
 
 from minimaskrcnn.nn.convolution import (Conv, conv2d, conv2d_rois, fold_batchnorm, load_conv,  # noqa: F401
                                          make_conv)                                        # (re-exported)
+from minimaskrcnn.ops.parallel import run_interleaved
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def max_pool2d(x: np.ndarray, kernel: int = 3, stride: int = 2, padding: int = 1
     if h_out < 1 or w_out < 1:
         raise ValueError(f"x: {h}x{w} is too small for kernel {kernel}, padding {padding}")
     out = np.empty((c, h_out, w_out), np.float32)                           # (C, H', W')
-    _max_pool_kernel(np.ascontiguousarray(x, np.float32), kernel, stride, padding, out)
+    run_interleaved(_max_pool_kernel, c, np.ascontiguousarray(x, np.float32), kernel, stride, padding, out)
     return out
 
 
@@ -179,12 +180,13 @@ def _nearest_source_index(n_in: int, n_out: int) -> np.ndarray:
 # Numba kernels (slow references in tests/naive_layers.py)
 # ----------------------------------------------------------------------------------------------------------------
 
-@njit(cache=True)
-def _max_pool_kernel(x, k, s, p, out):
-    """out[c, oy, ox] = max of the in-bounds pixels of the k x k window at (oy*s - p, ox*s - p); NaN sticks."""
+@njit(cache=True, nogil=True)
+def _max_pool_kernel(x, k, s, p, out, first, step):
+    """out[c, oy, ox] = max of the in-bounds pixels of the k x k window at (oy*s - p, ox*s - p); NaN sticks. For
+    the channels c = first, first + step, ... (`run_interleaved`)."""
     c_in, h, w = x.shape
     _, h_out, w_out = out.shape
-    for c in range(c_in):
+    for c in range(first, c_in, step):
         for oy in range(h_out):
             y_lo, y_hi = max(oy * s - p, 0), min(oy * s - p + k, h)
             for ox in range(w_out):

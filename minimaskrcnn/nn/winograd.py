@@ -31,10 +31,12 @@ Shape glossary
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit
 
 from minimaskrcnn.nn.workspace import scratch
+from minimaskrcnn.ops.parallel import run_interleaved
 
 # Upper bound on one block of transformed input (or output) tiles; as convolution.IM2COL_BLOCK_BYTES, one batched
 # GEMM per block. A 256-channel 200x272 map (P2 of an 800x1088 image) is 222 MB transformed: 7 blocks. 32 MB ran as
@@ -66,17 +68,17 @@ def conv3x3(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> np.nd
     th, tw = (h + 1) // 2, (w + 1) // 2
     out = np.empty((c_out, h, w), np.float32)                               # (C', H, W)
     rows = max(1, BLOCK_BYTES // (4 * 16 * max(c_in, c_out) * tw))          # tile rows per block
-    d = np.zeros((4, 2 * tw + 2), np.float32)                               # 4 input rows with their zero padding
+    d = np.zeros((numba.get_num_threads(), 4, 2 * tw + 2), np.float32)      # per thread: 4 input rows, zero padded
     for ty0 in range(0, th, rows):
         ty1 = min(ty0 + rows, th)
         # C-contiguous views of the front of the buffers, also for a shorter last block: a sliced (strided) view
         # would make Numba compile every kernel a second time, for layout 'A' (~3 s of a first run, measured)
         t = (ty1 - ty0) * tw
         v, m = scratch("winograd_v", (c_in, 16, t)), scratch("winograd_m", (c_out, 16, t))   # (C, 16, T), (C', 16, T)
-        _input_tiles_kernel(x, ty0, ty1, d, v)
+        run_interleaved(_input_tiles_kernel, c_in, x, ty0, ty1, d, v)                  # channels over threads
         # (16, C', C) @ (16, C, T) -> (16, C', T): one GEMM per tile position; the strided views need no copy
         np.matmul(u, v.transpose(1, 0, 2), out=m.transpose(1, 0, 2))
-        _output_tiles_kernel(m, bias, ty0, ty1, relu, out)
+        run_interleaved(_output_tiles_kernel, c_out, m, bias, ty0, ty1, relu, out)
     return out
 
 
@@ -87,14 +89,14 @@ def conv3x3_rois(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> 
     per_roi = ((h + 1) // 2) * ((w + 1) // 2)                               # tiles of one RoI
     rois = max(1, BLOCK_BYTES // (4 * 16 * max(c_in, c_out) * per_roi))    # RoIs per block
     out = np.empty((n, h, w, c_out), np.float32)                            # (N, H, W, C')
-    d = np.empty((4, 4, c_in), np.float32)                                  # one input tile, all channels
+    d = np.empty((numba.get_num_threads(), 4, 4, c_in), np.float32)         # per thread: one tile, all channels
     for n0 in range(0, n, rois):
         n1 = min(n0 + rois, n)
         t = (n1 - n0) * per_roi                                             # C-contiguous, as in conv3x3
         v, m = scratch("winograd_v", (16, t, c_in)), scratch("winograd_m", (16, t, c_out))   # (16, T, C), (16, T, C')
-        _input_tiles_rois_kernel(x, n0, n1, d, v)
+        run_interleaved(_input_tiles_rois_kernel, n1 - n0, x, n0, n1, d, v)           # RoIs over threads
         np.matmul(v, u, out=m)                                              # (16, T, C) @ (16, C, C') -> (16, T, C')
-        _output_tiles_rois_kernel(m, bias, n0, n1, relu, out)
+        run_interleaved(_output_tiles_rois_kernel, n1 - n0, m, bias, n0, n1, relu, out)
     return out
 
 
@@ -102,15 +104,16 @@ def conv3x3_rois(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> 
 # Numba kernels (slow references: tests/naive_layers.py)
 # ----------------------------------------------------------------------------------------------------------------
 
-@njit(cache=True)
-def _input_tiles_kernel(x, ty0, ty1, d, v):
+@njit(cache=True, nogil=True)
+def _input_tiles_kernel(x, ty0, ty1, rows, v, first, step):
     """v[c, 4i + j, (ty - ty0)*TW + tx] = (B^T d B)[i, j] of the tile d = x[c, 2ty-1 : 2ty+3, 2tx-1 : 2tx+3] (zero
     outside the image), for the tile rows ty0..ty1; d (4, 2TW + 2) is zeros on entry, a row buffer whose padding
     columns stay zero (allocated by the caller: an allocation inside a kernel costs compile time on a fresh
     install). Serial (see convolution._im2col_kernel)."""
     c_in, h, w = x.shape
     tw = (w + 1) // 2
-    for c in range(c_in):
+    d = rows[first]
+    for c in range(first, c_in, step):
         for ty in range(ty0, ty1):
             for i in range(4):
                 iy = 2 * ty - 1 + i
@@ -139,13 +142,13 @@ def _bt(d0, d1, d2, d3):
     return d0 - d2, d1 + d2, d2 - d1, d1 - d3
 
 
-@njit(cache=True)
-def _output_tiles_kernel(m, bias, ty0, ty1, relu, out):
+@njit(cache=True, nogil=True)
+def _output_tiles_kernel(m, bias, ty0, ty1, relu, out, first, step):
     """out[o, 2ty : 2ty+2, 2tx : 2tx+2] = relu?(A^T M A + bias[o]) with M[i, j] = m[o, 4i + j, tile], for the tile
     rows ty0..ty1 (a last row or column beyond the image is dropped)."""
     c_out, h, w = out.shape
     tw = (w + 1) // 2
-    for o in range(c_out):
+    for o in range(first, c_out, step):
         b = bias[o]
         for ty in range(ty0, ty1):
             t0 = (ty - ty0) * tw
@@ -177,14 +180,15 @@ def _output_tile(m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14
     return y00, y01, y10, y11
 
 
-@njit(cache=True)
-def _input_tiles_rois_kernel(x, n0, n1, d, v):
+@njit(cache=True, nogil=True)
+def _input_tiles_rois_kernel(x, n0, n1, tiles, v, first, step):
     """v[4i + j, tile, :] = (B^T d B)[i, j] of the tile d = x[n, 2ty-1 : 2ty+3, 2tx-1 : 2tx+3, :] (zero outside the
     RoI), tiles numbered ((n - n0)*TH + ty)*TW + tx, whole pixels (C floats) at a time; d (4, 4, C) is a scratch
     tile (see _input_tiles_kernel)."""
     _, h, w, c_in = x.shape
     th, tw = (h + 1) // 2, (w + 1) // 2
-    for n in range(n0, n1):
+    d = tiles[first]
+    for n in range(n0 + first, n1, step):
         for ty in range(th):
             for tx in range(tw):
                 for i in range(4):
@@ -206,12 +210,12 @@ def _input_tiles_rois_kernel(x, n0, n1, d, v):
                             _bt(d[i, 0, c], d[i, 1, c], d[i, 2, c], d[i, 3, c])
 
 
-@njit(cache=True)
-def _output_tiles_rois_kernel(m, bias, n0, n1, relu, out):
+@njit(cache=True, nogil=True)
+def _output_tiles_rois_kernel(m, bias, n0, n1, relu, out, first, step):
     """out[n, 2ty : 2ty+2, 2tx : 2tx+2, o] = relu?(A^T M A + bias[o]), M[i, j] = m[4i + j, tile, o]."""
     _, h, w, c_out = out.shape
     th, tw = (h + 1) // 2, (w + 1) // 2
-    for n in range(n0, n1):
+    for n in range(n0 + first, n1, step):
         for ty in range(th):
             for tx in range(tw):
                 t = ((n - n0) * th + ty) * tw + tx

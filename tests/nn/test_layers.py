@@ -57,8 +57,10 @@ def test_im2col_kernels_are_exact_copies(case):
     expected = im2col_naive(x, k, s, p)                                      # (C*k*k, H'*W')
     got = np.full_like(expected, np.nan)
     split = sorted({0, h_out, *rng.integers(0, h_out, 2).tolist()})
+    step = int(rng.integers(1, 4))                                           # as run_interleaved splits it
     for r0, r1 in zip(split[:-1], split[1:]):
-        convolution._im2col_kernel(x, k, s, p, w_out, r0, r1, got[:, r0 * w_out:r1 * w_out])
+        for first in range(step):
+            convolution._im2col_kernel(x, k, s, p, w_out, r0, r1, got[:, r0 * w_out:r1 * w_out], first, step)
     np.testing.assert_array_equal(got, expected)
     # channels-last batch, in arbitrary blocks of output positions
     x = random_array(rng, (case["n"], case["h"], case["w"], case["c_in"]))

@@ -27,8 +27,9 @@ def block_pairs(rng, n):
 
 
 @given(c=st.integers(1, 4), n=st.integers(0, 3), h=st.integers(1, 9), w=st.integers(1, 9),
-       relu=st.booleans(), seed=st.integers(0, 2**31))
-def test_transform_kernels_equal_the_matrix_formulas_bitwise(c, n, h, w, relu, seed):
+       relu=st.booleans(), seed=st.integers(0, 2**31), step=st.integers(1, 3))
+def test_transform_kernels_equal_the_matrix_formulas_bitwise(c, n, h, w, relu, seed, step):
+    """Each kernel run as `run_interleaved` splits it over `step` threads (here one after the other)."""
     rng = np.random.default_rng(seed)
     th, tw = -(-h // 2), -(-w // 2)
     # image layout, in arbitrary blocks of tile rows
@@ -38,27 +39,30 @@ def test_transform_kernels_equal_the_matrix_formulas_bitwise(c, n, h, w, relu, s
     bias = random_array(rng, c + 1)
     expected_out = winograd_output_transform_naive(m, bias, h, w, relu)      # (C', H, W)
     got_out = np.full_like(expected_out, np.nan)
-    rows = np.zeros((4, 2 * tw + 2), np.float32)                             # the row buffer, reused as conv3x3 does
+    rows = np.zeros((step, 4, 2 * tw + 2), np.float32)                       # row buffers, reused as conv3x3 does
     for ty0, ty1 in block_pairs(rng, th):
         got = np.full((c, 16, (ty1 - ty0) * tw), np.nan, np.float32)
-        winograd._input_tiles_kernel(x, ty0, ty1, rows, got)
+        block = np.ascontiguousarray(m[:, :, ty0 * tw:ty1 * tw])
+        for first in range(step):
+            winograd._input_tiles_kernel(x, ty0, ty1, rows, got, first, step)
+            winograd._output_tiles_kernel(block, bias, ty0, ty1, relu, got_out, first, step)
         np.testing.assert_array_equal(got, expected[:, :, ty0 * tw:ty1 * tw])
-        winograd._output_tiles_kernel(np.ascontiguousarray(m[:, :, ty0 * tw:ty1 * tw]), bias, ty0, ty1, relu, got_out)
     np.testing.assert_array_equal(got_out, expected_out)
     # channels-last RoI batch, in arbitrary blocks of RoIs; tiles numbered (roi, ty, tx)
     x = random_array(rng, (n, h, w, c))
     m = random_array(rng, (16, n * th * tw, c + 1))                          # (16, N*TH*TW, C')
     got_out = np.full((n, h, w, c + 1), np.nan, np.float32)
-    tile = np.full((4, 4, c), np.nan, np.float32)                            # scratch: every element written first
+    tiles = np.full((step, 4, 4, c), np.nan, np.float32)                     # scratch: every element written first
     for n0, n1 in block_pairs(rng, n):
         got = np.full((16, (n1 - n0) * th * tw, c), np.nan, np.float32)
-        winograd._input_tiles_rois_kernel(x, n0, n1, tile, got)
+        block = np.ascontiguousarray(m[:, n0 * th * tw:n1 * th * tw])
+        for first in range(step):
+            winograd._input_tiles_rois_kernel(x, n0, n1, tiles, got, first, step)
+            winograd._output_tiles_rois_kernel(block, bias, n0, n1, relu, got_out, first, step)
         for r in range(n0, n1):
             roi = slice((r - n0) * th * tw, (r - n0 + 1) * th * tw)
             np.testing.assert_array_equal(got[:, roi], winograd_input_transform_naive(
                 np.ascontiguousarray(x[r].transpose(2, 0, 1))).transpose(1, 2, 0))
-        winograd._output_tiles_rois_kernel(np.ascontiguousarray(m[:, n0 * th * tw:n1 * th * tw]), bias, n0, n1,
-                                           relu, got_out)
     for r in range(n):
         tiles = m[:, r * th * tw:(r + 1) * th * tw].transpose(2, 0, 1)           # (C', 16, TH*TW)
         np.testing.assert_array_equal(got_out[r], winograd_output_transform_naive(tiles, bias, h, w, relu)
