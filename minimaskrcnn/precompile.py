@@ -10,9 +10,10 @@ site-packages. Where a key differs (another CPU, another Numba), Numba compiles 
 
 Which kernels and argument types: those of a real run, because they are produced by one. The shipped demo model (a
 small ResNet-FPN Mask R-CNN, the torchvision family's code path: Winograd and im2col convolutions in both layouts,
-max pooling, upsampling, NMS, RoIAlign, resizing, mask pasting) predicts one uint8 and one float image; matterport's
-kernels (its NMS, crop-and-resize and skimage-0.16 resize) are called through their public functions on small
-inputs, which validate and cast exactly as in its pipeline. Argument types do not depend on sizes, so a small model
+max pooling, upsampling, NMS, RoIAlign, resizing, mask pasting) predicts one uint8 and one float image; the one layer
+path of ResNet-50 its basic blocks lack (a 1x1 convolution plus the identity) and matterport's kernels (its NMS,
+crop-and-resize and skimage-0.16 resize) are called through their public functions on small inputs, which validate
+and cast exactly as in the pipelines. Argument types do not depend on sizes, so a small model
 compiles what the COCO model runs (the bench's fresh-install figure checks it).
 
 Run it yourself where the build could not (an editable install, a wheel built on another machine):
@@ -31,6 +32,7 @@ def compile_kernels() -> None:
     from minimaskrcnn.demo.shapes import make_sample, shipped_model_path
     from minimaskrcnn.matterport import mold, roi_align as mp_roi_align, tf_nms
     from minimaskrcnn.model import load
+    from minimaskrcnn.nn import layers
 
     model = load(shipped_model_path())
     image = make_sample(seed=0, index=0, height=96, width=128).image                 # (H, W, 3) uint8
@@ -38,6 +40,11 @@ def compile_kernels() -> None:
     model.predict(image.astype(np.float32) / 255)                                   # a float image in [0, 1]
 
     rng = np.random.default_rng(0)
+    # ResNet-50's bottleneck (torchvision's and matterport's) ends in a 1x1 convolution plus the identity, a path the
+    # demo model's basic blocks (3x3 + identity) do not take
+    x = rng.random((4, 6, 6), np.float32)                                           # (C, H, W)
+    layers.conv2d(x, layers.make_conv(rng.random((4, 4, 1, 1), np.float32)), relu=True, residual=x)
+
     boxes = np.sort(rng.random((8, 4), np.float32).reshape(8, 2, 2), axis=1).reshape(8, 4)   # y1 <= y2, x1 <= x2
     tf_nms.non_max_suppression(boxes, rng.random(8, np.float32), 4, 0.5)
     mp_roi_align.crop_and_resize(rng.random((16, 16, 8), np.float32), boxes, 7)
