@@ -259,7 +259,8 @@ def _im2col_kernel(x, k, s, p, w_out, r0, r1, cols, first, step):
 @njit(cache=True)
 def _im2col_channels_last_kernel(x, k, s, p, h_out, w_out, m0, m1, cols):
     """cols[m - m0, (ky*k + kx)*C + c] = x[n, oy*s - p + ky, ox*s - p + kx, c] (0 outside the image), for the output
-    positions m = (n*H' + oy)*W' + ox in m0..m1: whole pixels (C contiguous floats) per copy. Serial, as above."""
+    positions m = (n*H' + oy)*W' + ox in m0..m1: whole pixels (C contiguous floats) per copy. Serial (the RoI
+    convolutions of torchvision's and matterport's heads are Winograd's or 1x1: rarely run)."""
     _, h, w, c_in = x.shape
     for m in range(m0, m1):
         n, oy, ox = m // (h_out * w_out), (m // w_out) % h_out, m % w_out

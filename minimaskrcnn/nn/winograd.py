@@ -107,9 +107,9 @@ def conv3x3_rois(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> 
 @njit(cache=True, nogil=True)
 def _input_tiles_kernel(x, ty0, ty1, rows, v, first, step):
     """v[c, 4i + j, (ty - ty0)*TW + tx] = (B^T d B)[i, j] of the tile d = x[c, 2ty-1 : 2ty+3, 2tx-1 : 2tx+3] (zero
-    outside the image), for the tile rows ty0..ty1; d (4, 2TW + 2) is zeros on entry, a row buffer whose padding
-    columns stay zero (allocated by the caller: an allocation inside a kernel costs compile time on a fresh
-    install). Serial (see convolution._im2col_kernel)."""
+    outside the image), for the tile rows ty0..ty1 and the channels c = first, first + step, ... (`run_interleaved`);
+    d = rows[first] (4, 2TW + 2), this thread's row buffer, is zeros on entry and its padding columns stay zero
+    (allocated by the caller: an allocation inside a kernel costs compile time on a fresh install)."""
     c_in, h, w = x.shape
     tw = (w + 1) // 2
     d = rows[first]
@@ -145,7 +145,7 @@ def _bt(d0, d1, d2, d3):
 @njit(cache=True, nogil=True)
 def _output_tiles_kernel(m, bias, ty0, ty1, relu, out, first, step):
     """out[o, 2ty : 2ty+2, 2tx : 2tx+2] = relu?(A^T M A + bias[o]) with M[i, j] = m[o, 4i + j, tile], for the tile
-    rows ty0..ty1 (a last row or column beyond the image is dropped)."""
+    rows ty0..ty1 (a last row or column beyond the image is dropped), for the channels o = first, first + step, ..."""
     c_out, h, w = out.shape
     tw = (w + 1) // 2
     for o in range(first, c_out, step):
@@ -183,8 +183,8 @@ def _output_tile(m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14
 @njit(cache=True, nogil=True)
 def _input_tiles_rois_kernel(x, n0, n1, tiles, v, first, step):
     """v[4i + j, tile, :] = (B^T d B)[i, j] of the tile d = x[n, 2ty-1 : 2ty+3, 2tx-1 : 2tx+3, :] (zero outside the
-    RoI), tiles numbered ((n - n0)*TH + ty)*TW + tx, whole pixels (C floats) at a time; d (4, 4, C) is a scratch
-    tile (see _input_tiles_kernel)."""
+    RoI), tiles numbered ((n - n0)*TH + ty)*TW + tx, whole pixels (C floats) at a time, for the RoIs n = n0 + first,
+    n0 + first + step, ...; d = tiles[first] (4, 4, C) is this thread's scratch tile (see _input_tiles_kernel)."""
     _, h, w, c_in = x.shape
     th, tw = (h + 1) // 2, (w + 1) // 2
     d = tiles[first]
@@ -212,7 +212,8 @@ def _input_tiles_rois_kernel(x, n0, n1, tiles, v, first, step):
 
 @njit(cache=True, nogil=True)
 def _output_tiles_rois_kernel(m, bias, n0, n1, relu, out, first, step):
-    """out[n, 2ty : 2ty+2, 2tx : 2tx+2, o] = relu?(A^T M A + bias[o]), M[i, j] = m[4i + j, tile, o]."""
+    """out[n, 2ty : 2ty+2, 2tx : 2tx+2, o] = relu?(A^T M A + bias[o]), M[i, j] = m[4i + j, tile, o], for the RoIs
+    n = n0 + first, n0 + first + step, ..."""
     _, h, w, c_out = out.shape
     th, tw = (h + 1) // 2, (w + 1) // 2
     for n in range(n0 + first, n1, step):

@@ -5,6 +5,10 @@ mask pasting, resize, matterport's crop-and-resize) cost about 1 s of compilatio
 compiled serially (measured, empty cache, same process). A serial `nogil` kernel over a slice of the items, called
 from a few threads, parallelizes as well for these calls, each of which is milliseconds of work per thread.
 
+The network's own layer kernels between two BLAS products run the same way (nn/: the Winograd transforms, im2col, the
+bias / residual epilogues, max pooling). There they gain only when OpenBLAS's idle threads sleep instead of spinning
+on the other core after each product (`nn.threads.let_blas_threads_sleep`, which the command line applies).
+
 The thread count is Numba's (`numba.get_num_threads()`), which `minimaskrcnn.set_num_threads` sets: one setting for
 everything. Thread t of T takes items t, t + T, t + 2T, ...: interleaved, so that items of unequal cost (masks of
 different box sizes, RoIs of different sampling grids) spread evenly. Every item is computed by one thread with the
