@@ -4,10 +4,12 @@ The claim under test is the module's: kernels compiled from the small demo model
 every signature a COCO-sized run needs, and a wheel built by pip carries them, so a fresh install compiles nothing.
 Both are checked in fresh processes through Numba's own cache statistics (`precompile.cache_misses`).
 """
+import ast
 import os
 import subprocess
 import sys
 import venv
+import zipfile
 
 import pytest
 
@@ -51,7 +53,7 @@ def test_without_precompile_the_same_run_compiles(tmp_path, coco_sized_weights):
     run = subprocess.run([sys.executable, "-c", PREDICT, str(coco_sized_weights), str(IMAGES / "dog.jpg")], env=env,
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    misses = eval(run.stdout)                        # {name: count} printed by cache_misses
+    misses = ast.literal_eval(run.stdout.strip())     # {name: count} printed by cache_misses
     assert "minimaskrcnn.nn.winograd._input_tiles_kernel" in misses and "minimaskrcnn.ops.paste._paste_kernel" in misses
 
 
@@ -64,7 +66,6 @@ def test_a_wheel_built_by_pip_ships_the_kernels_and_its_install_compiles_nothing
                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next(wheels.glob("minimaskrcnn-*.whl"))
-    import zipfile
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
     for kernel in ("nn/__pycache__/winograd._input_tiles_kernel", "ops/__pycache__/paste._paste_kernel",

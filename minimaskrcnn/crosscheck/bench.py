@@ -186,10 +186,9 @@ def fresh_install(weights, image, tmp, native_blas=False):
     """A real fresh install: this checkout built into a wheel by pip (setup.py compiles the Numba kernels into it,
     minimaskrcnn/precompile.py), installed into a new virtual environment, then two fresh processes in it. Needs the
     checkout (setup.py beside the package) and pip's access to numpy, numba and pillow."""
-    root = CHECKOUT
     wheels, venv = Path(tmp) / "wheels", Path(tmp) / "fresh-venv"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(root), "-w", str(wheels)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(CHECKOUT), "-w", str(wheels)],
                    check=True, cwd=tmp)
     built = time.perf_counter() - t0
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -243,7 +242,7 @@ def make_weights(tmp, arch_v2=False, seed=0):
 def test_image(h, w):
     """A real photo (examples/dog.jpg or ../shared/images/dog.jpg) resized to (h, w), float32 in [0, 1]."""
     from PIL import Image
-    root = Path(__file__).resolve().parent.parent.parent
+    root = CHECKOUT
     for p in (root / "examples" / "dog.jpg", root.parent / "shared" / "images" / "dog.jpg"):
         if p.exists():
             im = Image.open(p).convert("RGB").resize((w, h), Image.BILINEAR)
