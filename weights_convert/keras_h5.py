@@ -17,10 +17,18 @@ dataset's shape is bounded by the file size and by the expected layout; links mu
 soft link, an external raw-data file, a virtual dataset could make a read reach other files); datasets must be
 uncompressed floats with all their storage present (unallocated HDF5 storage reads back as zeros). Raw data has no
 checksum in HDF5: a flipped bit inside a weight array cannot be detected by any reader.
+
+libhdf5 itself is not safe on corrupt input: a few flipped bytes in an object header can make it read out of bounds
+and kill the process (SIGSEGV; found by the fuzz test, h5py 3.16 / HDF5 1.14). So the file is first read once in a
+throwaway child process (`_read_in_child`): a crash there becomes a one-line error here, and only a file the child
+read to the end is read in this process (libhdf5 is deterministic: the same bytes take the same path).
 """
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 
@@ -35,6 +43,11 @@ MAX_ATTR_CHUNKS = 64       # ours: saving.py splits long attributes into name0, 
 RPN_MODEL = "rpn_model"    # mrcnn/model.py build_rpn_model: KM.Model(..., name="rpn_model")
 RPN_LAYERS = ("rpn_conv_shared", "rpn_class_raw", "rpn_bbox_pred")    # its layers with weights, in creation order
 FLOAT_KINDS = ("f2", "f4", "f8")
+# The child's time limit: corrupt headers can also make libhdf5 loop forever (3 of 450 fuzz runs of 150 files).
+# Ours: 30 s for the start (Python, NumPy and h5py imports: 0.4 s here) plus 1 s per 10 MB, a slow disk's rate; the
+# 246 MB mask_rcnn_coco.h5 reads in ~1 s from a warm page cache and gets 55 s.
+CHILD_TIMEOUT_S, CHILD_TIMEOUT_S_PER_BYTE = 30.0, 1 / 10e6
+CHILD_REFUSED = 3          # the child's exit status for "read, and refused with a WeightsFileError" (message on stdout)
 
 
 def _h5py():
@@ -60,12 +73,17 @@ def read_keras_h5(path):
     model (`matterport_layout.infer_facts`) and {"layout": "save_weights" | "full model", "keras_version": ...}."""
     h5py = _h5py()
     name = os.path.basename(os.fspath(path))
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(4096)
     if hdf5_offset(head) is None:
         raise WeightsFileError(f"{name} is not an HDF5 file (no HDF5 signature); expected a Keras .h5 saved by "
                                f"matterport's keras_model.save_weights")
+    _read_in_child(path, name)
+    return _read_file(h5py, path, name)
+
+
+def _read_file(h5py, path, name):
+    size = os.path.getsize(path)
     try:
         h5 = h5py.File(path, "r")
     except (OSError, ValueError, RuntimeError) as e:
@@ -77,6 +95,43 @@ def read_keras_h5(path):
         raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, IndexError) as e:
         raise WeightsFileError(f"{name}: corrupt HDF5 structure: {_first_line(e)}") from None
+
+
+def _read_in_child(path, name):
+    """Read the file once in a new Python process (the module docstring says why); its refusal or its crash is
+    raised here as a one-line WeightsFileError."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # this weights_convert, not another
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from weights_convert.keras_h5 import _child_main; _child_main(sys.argv[2])")
+    timeout = CHILD_TIMEOUT_S + os.path.getsize(path) * CHILD_TIMEOUT_S_PER_BYTE
+    try:
+        child = subprocess.run([sys.executable, "-I", "-c", code, package_root, os.path.abspath(path)],
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise WeightsFileError(f"{name}: the HDF5 library did not finish reading it in {timeout:.0f} s "
+                               f"(corrupt structure)") from None
+    if child.returncode == 0:
+        return
+    if child.returncode == CHILD_REFUSED and child.stdout.strip():
+        raise WeightsFileError(child.stdout.strip().splitlines()[-1])
+    if child.returncode < 0:
+        try:
+            how = signal.Signals(-child.returncode).name
+        except ValueError:
+            how = f"signal {-child.returncode}"
+        raise WeightsFileError(f"{name}: corrupt HDF5 structure: the HDF5 library crashed reading it ({how})")
+    last = (child.stderr.strip().splitlines() or ["no message"])[-1]
+    raise WeightsFileError(f"{name}: reading it failed in a child process (exit {child.returncode}): {last[:200]}")
+
+
+def _child_main(path):
+    """The child's side of `_read_in_child`: exit 0 after a complete read, CHILD_REFUSED with the one-line error on
+    stdout when the reader refuses the file."""
+    try:
+        _read_file(_h5py(), path, os.path.basename(path))
+    except CheckpointError as e:
+        print(str(e), flush=True)
+        raise SystemExit(CHILD_REFUSED) from None
 
 
 def _read(h5py, h5, name, size):
