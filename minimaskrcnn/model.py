@@ -47,22 +47,26 @@ class MaskRCNN:
     def class_names(self) -> tuple:
         return self.config.class_names
 
-    def predict(self, image, score_threshold: Optional[float] = None, trace: bool = False):
+    def predict(self, image, score_threshold: Optional[float] = None, trace: bool | Trace = False):
         """Detect and segment the objects of `image`.
 
         image: an (H, W, 3) uint8 RGB array, an (H, W, 3) float array in [0, 1], a PIL image or a file path; or a
             list of these (results equal predicting them one by one). See `minimaskrcnn.image.read_image` for greyscale,
             RGBA, palette, 16-bit and EXIF-rotated inputs.
         score_threshold: keep detections whose class probability is above it; default torchvision's 0.05.
-        trace: also return the `Trace` of named intermediates and stage timings.
+        trace: also return the `Trace` of named intermediates and stage timings; or a `Trace` to fill and return,
+            e.g. `Trace(keep_arrays=False)` for the stage timings alone, without holding every intermediate.
         Returns `Detections` (or `(Detections, Trace)`; a list of these for a list of images).
         """
         if isinstance(image, (list, tuple)):
+            if isinstance(trace, Trace):
+                raise ValueError("trace: a Trace records one image; pass trace=True for a list of images")
             return [self.predict(im, score_threshold, trace) for im in image]
         thresh = self.config.box_score_thresh if score_threshold is None else float(score_threshold)
-        t = Trace(keep_arrays=trace)
+        given = isinstance(trace, Trace)                  # (an empty Trace is falsy: a mapping)
+        t = trace if given else Trace(keep_arrays=bool(trace))
         detections = self._forward(to_network_input(image), thresh, t)   # (3, H, W) float32 in [0, 1]
-        return (detections, t) if trace else detections
+        return (detections, t) if given or trace else detections
 
     def _forward(self, image, score_thresh: float, t: Trace) -> Detections:
         cfg, w = self.config, self.weights
