@@ -8,12 +8,12 @@ import ast
 import os
 import subprocess
 import sys
-import venv
 import zipfile
 
 import pytest
 
 from conftest import IMAGES, ROOT, checkout_env
+from minimaskrcnn.crosscheck.bench import build_and_install
 
 PREDICT = ("import sys, minimaskrcnn; from minimaskrcnn.precompile import cache_misses; "
            "minimaskrcnn.load(sys.argv[1]).predict(sys.argv[2]); print(cache_misses())")
@@ -61,24 +61,13 @@ def test_a_wheel_built_by_pip_ships_the_kernels_and_its_install_compiles_nothing
     """README's install, `pip install .`, as a wheel built by pip (build isolation: setup.py's step runs in pip's
     build environment) installed into a new virtual environment; then a fresh process there runs the COCO-sized
     model on a photo from outside the checkout."""
-    wheels = tmp_path / "wheels"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(wheels)],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert build.returncode == 0, build.stderr[-3000:]
-    wheel = next(wheels.glob("minimaskrcnn-*.whl"))
+    wheel, python, _ = build_and_install(ROOT, tmp_path)
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
     for kernel in ("nn/__pycache__/winograd._input_tiles_kernel", "ops/__pycache__/paste._paste_kernel",
                    "matterport/__pycache__/tf_nms._nms_kernel"):
         assert any(n.startswith(f"minimaskrcnn/{kernel}-") and n.endswith(".nbi") for n in names), kernel
     assert not any(n.endswith(".pyc") for n in names)
-
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    python = str(env_dir / "bin" / "python")
-    inst = subprocess.run([python, "-m", "pip", "install", "-q", str(wheel)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=900)
-    assert inst.returncode == 0, inst.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR")}
     run = subprocess.run([python, "-c", PREDICT, str(coco_sized_weights), str(IMAGES / "dog.jpg")], env=env,
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -86,4 +75,4 @@ def test_a_wheel_built_by_pip_ships_the_kernels_and_its_install_compiles_nothing
     assert run.stdout.strip() == "{}", f"a fresh install compiled: {run.stdout}"
     where = subprocess.run([python, "-c", "import minimaskrcnn; print(minimaskrcnn.__file__)"], env=env, cwd=tmp_path,
                            capture_output=True, text=True)
-    assert str(env_dir) in where.stdout                 # the installed copy ran, not the checkout
+    assert str(tmp_path / "fresh-venv") in where.stdout    # the installed copy ran, not the checkout

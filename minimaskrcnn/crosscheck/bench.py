@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import venv
 from pathlib import Path
 
 import numpy as np
@@ -183,23 +184,36 @@ def startup(weights, image, tmp, native_blas=False):
 
 
 def fresh_install(weights, image, tmp, native_blas=False):
-    """A real fresh install: this checkout built into a wheel by pip (setup.py compiles the Numba kernels into it,
-    minimaskrcnn/precompile.py), installed into a new virtual environment, then two fresh processes in it. Needs the
-    checkout (setup.py beside the package) and pip's access to numpy, numba and pillow."""
-    wheels, venv = Path(tmp) / "wheels", Path(tmp) / "fresh-venv"
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(CHECKOUT), "-w", str(wheels)],
-                   check=True, cwd=tmp)
-    built = time.perf_counter() - t0
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "-q", str(next(wheels.glob("minimaskrcnn-*.whl")))],
-                   check=True, cwd=tmp)
+    """A real fresh install (`build_and_install`), then two fresh processes in it. Needs the checkout (setup.py
+    beside the package) and pip's access to numpy, numba and pillow."""
+    _, python, built = build_and_install(CHECKOUT, tmp)
     env = {k: v for k, v in os.environ.items()
            if not (native_blas and k in FORCING) and k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
     out = _first_results(weights, image, tmp, python, env, ("fresh install", "fresh install, second run"))
     out["fresh install"]["wheel_build"] = built
     return out
+
+
+def build_and_install(checkout, tmp) -> tuple:
+    """(wheel, python, seconds of the build): `checkout` built into a wheel by pip (in pip's isolated build
+    environment, where setup.py compiles the Numba kernels into it: minimaskrcnn/precompile.py) and installed into a
+    new virtual environment under `tmp`, whose `python` is returned. A failing step raises RuntimeError with pip's
+    last output."""
+    wheels, env_dir = Path(tmp) / "wheels", Path(tmp) / "fresh-venv"
+    t0 = time.perf_counter()
+    _pip([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(checkout), "-w", str(wheels)], tmp)
+    built = time.perf_counter() - t0
+    venv.create(env_dir, with_pip=True)
+    python = str(env_dir / "bin" / "python")
+    wheel = next(wheels.glob("minimaskrcnn-*.whl"))
+    _pip([python, "-m", "pip", "install", "-q", str(wheel)], tmp)
+    return wheel, python, built
+
+
+def _pip(command, cwd):
+    res = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=1800)
+    if res.returncode:
+        raise RuntimeError(f"{' '.join(command[2:4])} failed: {res.stderr[-3000:]}")
 
 
 def _first_results(weights, image, tmp, python, env, labels) -> dict:
