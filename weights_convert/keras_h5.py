@@ -19,7 +19,7 @@ uncompressed floats with all their storage present (unallocated HDF5 storage rea
 checksum in HDF5: a flipped bit inside a weight array cannot be detected by any reader.
 
 libhdf5 itself is not safe on corrupt input: a few flipped bytes in an object header can make it read out of bounds
-and kill the process (SIGSEGV; found by the fuzz test, h5py 3.16 / HDF5 1.14). So the file is first read once in a
+and kill the process (SIGSEGV; found by the fuzz test, h5py 3.16 / HDF5 2.0.0). So the file is first read once in a
 throwaway child process (`_read_in_child`): a crash there becomes a one-line error here, and only a file the child
 read to the end is read in this process (libhdf5 is deterministic: the same bytes take the same path).
 """
@@ -43,9 +43,9 @@ MAX_ATTR_CHUNKS = 64       # ours: saving.py splits long attributes into name0, 
 RPN_MODEL = "rpn_model"    # mrcnn/model.py build_rpn_model: KM.Model(..., name="rpn_model")
 RPN_LAYERS = ("rpn_conv_shared", "rpn_class_raw", "rpn_bbox_pred")    # its layers with weights, in creation order
 FLOAT_KINDS = ("f2", "f4", "f8")
-# The child's time limit: corrupt headers can also make libhdf5 loop forever (3 of 450 fuzz runs of 150 files).
-# Ours: 30 s for the start (Python, NumPy and h5py imports: 0.4 s here) plus 1 s per 10 MB, a slow disk's rate; the
-# 246 MB mask_rcnn_coco.h5 reads in ~1 s from a warm page cache and gets 55 s.
+# The child's time limit: corrupt headers can also make libhdf5 loop forever (3 of ~190 fuzz runs of 150 files).
+# Ours: 30 s for the start plus 1 s per 10 MB, a slow disk's rate. Measured here: a 179 MB matterport R50 save_weights
+# file takes 0.4-0.75 s in the child (start included) and 0.2 s in process; the 246 MB mask_rcnn_coco.h5 gets 55 s.
 CHILD_TIMEOUT_S, CHILD_TIMEOUT_S_PER_BYTE = 30.0, 1 / 10e6
 CHILD_REFUSED = 3          # the child's exit status for "read, and refused with a WeightsFileError" (message on stdout)
 
