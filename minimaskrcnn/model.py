@@ -17,7 +17,7 @@ from minimaskrcnn.image import to_network_input
 from minimaskrcnn.config import Config
 from minimaskrcnn.detections import Detections
 from minimaskrcnn.stages import backbone, box_head, fpn, mask_head, rpn, transform
-from minimaskrcnn.trace import Trace
+from minimaskrcnn.trace import Trace, trace_to_fill
 
 
 @dataclass
@@ -63,10 +63,9 @@ class MaskRCNN:
                 raise ValueError("trace: a Trace records one image; pass trace=True for a list of images")
             return [self.predict(im, score_threshold, trace) for im in image]
         thresh = self.config.box_score_thresh if score_threshold is None else float(score_threshold)
-        given = isinstance(trace, Trace)                  # (an empty Trace is falsy: a mapping)
-        t = trace if given else Trace(keep_arrays=bool(trace))
+        t, returned = trace_to_fill(trace)
         detections = self._forward(to_network_input(image), thresh, t)   # (3, H, W) float32 in [0, 1]
-        return (detections, t) if given or trace else detections
+        return (detections, t) if returned else detections
 
     def _forward(self, image, score_thresh: float, t: Trace) -> Detections:
         cfg, w = self.config, self.weights

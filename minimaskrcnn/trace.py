@@ -67,6 +67,15 @@ class Trace(OrderedDict):
 
 # --- trace files --------------------------------------------------------------------------------------------------
 
+def trace_to_fill(trace) -> tuple:
+    """(Trace, returned) for a `predict(..., trace=)` argument: the given Trace (e.g. `Trace(keep_arrays=False)`, the
+    stage timings alone), a new full one for True, a timings-only one that is not returned for False. (A Trace is a
+    mapping: an empty one is falsy, hence the isinstance.)"""
+    if isinstance(trace, Trace):
+        return trace, True
+    return Trace(keep_arrays=bool(trace)), bool(trace)
+
+
 def save_trace(trace, path, compress: bool = False, **meta) -> None:
     """Write `trace` (name -> array, in order) to `path` as `.npz`, with `meta` (JSON-able) under `_meta`.
     compress: zlib (about half the size for a photo, mostly from the masks; several times slower)."""

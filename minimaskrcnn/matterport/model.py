@@ -25,7 +25,7 @@ from minimaskrcnn.matterport.mold import mold_image
 from minimaskrcnn.matterport.proposals import proposals
 from minimaskrcnn.matterport.roi_align import pyramid_roi_align
 from minimaskrcnn.matterport.unmold import unmold_boxes, unmold_masks
-from minimaskrcnn.trace import Trace
+from minimaskrcnn.trace import Trace, trace_to_fill
 
 
 @dataclass(frozen=True)
@@ -39,26 +39,31 @@ class MatterportMaskRCNN:
     class_names: tuple
 
     def predict(self, image, score_threshold=None, trace=False):
-        """Detections of `image`; with trace=True, (Detections, Trace). A list of images gives a list of results.
+        """Detections of `image`; with trace=True, (Detections, Trace); with a Trace, that one filled (`Trace(
+        keep_arrays=False)`: the stage timings alone). A list of images gives a list of results.
 
         image: what `MaskRCNN.predict` accepts (a path, a PIL image, an (H, W, 3) uint8 RGB array, or a float array in
             [0, 1], which is taken as round(255 x): matterport molds 0-255 pixel values; `minimaskrcnn.image`).
         score_threshold: keep detections scoring at least this, on top of cfg.DETECTION_MIN_CONFIDENCE.
         """
         if isinstance(image, (list, tuple)):
+            if isinstance(trace, Trace):
+                raise ValueError("trace: a Trace records one image; pass trace=True for a list of images")
             return [self.predict(im, score_threshold, trace) for im in image]
-        t = Trace(keep_arrays=trace)
+        t, returned = trace_to_fill(trace)
         image = read_image(image)                                               # (H, W, 3) uint8 or float32
         if image.dtype != np.uint8:
             image = np.rint(image * np.float32(255)).astype(np.uint8)          # float in [0, 1] -> 0..255
         with t.timed("mold"):
             molded, window, _ = mold_image(image, self.cfg)                     # (Hp, Wp, 3), (4,)
-        return self.detect_molded(molded, window, image.shape, score_threshold, trace, t)
+        det, t = self.detect_molded(molded, window, image.shape, score_threshold, t)
+        return (det, t) if returned else det
 
-    def detect_molded(self, molded, window, original_shape, score_threshold=None, trace=False, t=None):
+    def detect_molded(self, molded, window, original_shape, score_threshold=None, trace=False):
         """The network from a molded image (Hp, Wp, 3) float32 and its pixel window (y1, x1, y2, x2) on, for an
-        original image of `original_shape` (matterport's `detect_molded`, used to feed its own molded input)."""
-        cfg, t = self.cfg, t if t is not None else Trace(keep_arrays=trace)
+        original image of `original_shape` (matterport's `detect_molded`, used to feed its own molded input);
+        `trace` as `predict`'s."""
+        cfg, (t, returned) = self.cfg, trace_to_fill(trace)
         molded = np.asarray(molded, np.float32)
         if molded.ndim != 3 or molded.shape[2] != 3 or molded.shape[0] % 64 or molded.shape[1] % 64:
             raise ValueError(f"molded: expected (Hp, Wp, 3) with Hp, Wp multiples of 64, got {molded.shape}")
@@ -94,7 +99,7 @@ class MatterportMaskRCNN:
         det = Detections(boxes[keep][:, [1, 0, 3, 2]].astype(np.float32),     # (y1, x1, y2, x2) -> (x1, y1, x2, y2)
                          class_ids[keep].astype(np.int64), scores[keep].astype(np.float32), full[keep],
                          self.class_names, shape)
-        return (det, t) if trace else det
+        return (det, t) if returned else det
 
 
 def load_matterport(cfg, weights, class_names=None) -> MatterportMaskRCNN:

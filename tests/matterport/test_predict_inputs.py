@@ -31,3 +31,15 @@ def test_paths_pil_images_float_arrays_and_lists(model):
     assert same(model.predict(rgb.astype(np.float32) / 255), ref)
     both = model.predict([path, rgb])
     assert isinstance(both, list) and len(both) == 2 and all(same(d, ref) for d in both)
+
+
+def test_a_timings_only_trace_is_filled_without_arrays_as_in_the_torchvision_family(model):
+    from minimaskrcnn.trace import Trace
+    rgb = np.asarray(Image.open(IMAGES / "chelsea.png").convert("RGB"))
+    ref, full = model.predict(rgb, trace=True)
+    timings_only = Trace(keep_arrays=False)
+    det, returned = model.predict(rgb, trace=timings_only)
+    assert returned is timings_only and len(timings_only) == 0 and list(timings_only.timings) == list(full.timings)
+    assert {"P2", "mrcnn_mask"} <= set(full) and same(det, ref) and same(model.predict(rgb), ref)
+    with pytest.raises(ValueError, match="a Trace records one image"):
+        model.predict([rgb, rgb], trace=timings_only)
