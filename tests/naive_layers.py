@@ -5,6 +5,7 @@ in float64, so the fast float32 kernels can be checked against it with an error 
 Shape glossary as in `minimaskrcnn/layers.py`: C/C' in/out channels, N RoIs, H/W and H'/W' in/out sizes.
 """
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -118,47 +119,74 @@ def gamma_bound(n: int) -> float:
     return n * u / (1 - n * u)
 
 
-# Winograd F(2x2, 3x3) (Lavin & Gray 2016, Eq. 8), written with its matrices.
-WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
-WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
-WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+# Winograd F(4x4, 3x3) (Lavin & Gray 2016, Eq. 8 and the Toom-Cook construction of their §4), its matrices built
+# here from the interpolation points with exact fractions, independently of the constants written in winograd.py.
+WINOGRAD_POINTS = (0, 1, -1, Fraction(1, 2), -2)                            # and infinity
+WINOGRAD_M = len(WINOGRAD_POINTS) - 1                                       # output tile side (4)
+WINOGRAD_N = WINOGRAD_M + 2                                                 # input tile side (6)
+
+
+def _poly_from_roots(roots):
+    """Coefficients, lowest power first, of prod_r (x - r)."""
+    coeffs = [Fraction(1)]
+    for r in roots:
+        coeffs = [a - r * b for a, b in zip([Fraction(0)] + coeffs, coeffs + [Fraction(0)])]
+    return coeffs
+
+
+def _toom_cook(points, m, r=3):
+    """(B^T, G, A^T) of F(m, r) for the finite points and infinity, exact: A^T[i, k] = p_k^i, G[k, j] = p_k^j / N_k
+    with N_k = prod_{l != k} (p_k - p_l), B^T[k] = coefficients of prod_{l != k} (x - p_l); the point at infinity
+    adds a last row / column picking the highest coefficient."""
+    p = [Fraction(v) for v in points]
+    n = m + r - 1
+    at = [[p[k] ** i for k in range(n - 1)] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g = [[p[k] ** j / math.prod(p[k] - p[l] for l in range(n - 1) if l != k) for j in range(r)]
+         for k in range(n - 1)] + [[Fraction(int(j == r - 1)) for j in range(r)]]
+    bt = [_poly_from_roots([p[l] for l in range(n - 1) if l != k]) + [Fraction(0)] for k in range(n - 1)]
+    bt.append(_poly_from_roots(p))
+    return tuple(np.array([[float(v) for v in row] for row in a]) for a in (bt, g, at))
+
+
+WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT = _toom_cook(WINOGRAD_POINTS, WINOGRAD_M)
 
 
 def _sequential_matmul32(a, b):
-    """a @ b in float32 with each sum taken left to right (a holds 0 and +-1 only, so every product is exact):
-    the order the kernels add in."""
+    """a @ b in float32 with each sum taken left to right, each product a[i, k] * b[k, j] rounded (entries of a that
+    are 0 skipped, +-1 exact): the order the kernels add in."""
     out = np.zeros((a.shape[0], b.shape[1]), np.float32)
     for i in range(a.shape[0]):
         for j in range(b.shape[1]):
-            acc = np.float32(0)
+            acc = None
             for k in range(a.shape[1]):
                 if a[i, k] != 0:
-                    acc = np.float32(acc + np.float32(a[i, k]) * b[k, j])
+                    term = np.float32(np.float32(a[i, k]) * b[k, j])
+                    acc = term if acc is None else np.float32(acc + term)
             out[i, j] = acc
     return out
 
 
 def winograd_tiles(h, w):
-    """The (ty, tx) of every 2x2 output tile of an h x w map, in row-major order: TH*TW tiles."""
-    return [(ty, tx) for ty in range(-(-h // 2)) for tx in range(-(-w // 2))]
+    """The (ty, tx) of every 4x4 output tile of an h x w map, in row-major order: TH*TW tiles."""
+    return [(ty, tx) for ty in range(-(-h // WINOGRAD_M)) for tx in range(-(-w // WINOGRAD_M))]
 
 
 def winograd_input_tile(x2d, ty, tx):
-    """The 4x4 input tile x2d[2ty-1 : 2ty+3, 2tx-1 : 2tx+3] of an (H, W) map, zero outside."""
+    """The 6x6 input tile x2d[4ty-1 : 4ty+5, 4tx-1 : 4tx+5] of an (H, W) map, zero outside."""
     h, w = x2d.shape
-    d = np.zeros((4, 4), x2d.dtype)
-    for i in range(4):
-        for j in range(4):
-            iy, ix = 2 * ty - 1 + i, 2 * tx - 1 + j
+    d = np.zeros((WINOGRAD_N, WINOGRAD_N), x2d.dtype)
+    for i in range(WINOGRAD_N):
+        for j in range(WINOGRAD_N):
+            iy, ix = WINOGRAD_M * ty - 1 + i, WINOGRAD_M * tx - 1 + j
             if 0 <= iy < h and 0 <= ix < w:
                 d[i, j] = x2d[iy, ix]
     return d
 
 
 def winograd_input_transform_naive(x):
-    """V = B^T d B of every tile of one image x (C, H, W), float32 in the kernels' order: (C, 16, TH*TW)."""
+    """V = B^T d B of every tile of one image x (C, H, W), float32 in the kernels' order: (C, 36, TH*TW)."""
     tiles = winograd_tiles(*x.shape[1:])
-    v = np.zeros((x.shape[0], 16, len(tiles)), np.float32)
+    v = np.zeros((x.shape[0], WINOGRAD_N ** 2, len(tiles)), np.float32)
     for c in range(x.shape[0]):
         for t, (ty, tx) in enumerate(tiles):
             d = winograd_input_tile(x[c], ty, tx)
@@ -167,16 +195,17 @@ def winograd_input_transform_naive(x):
 
 
 def winograd_output_transform_naive(m, bias, h, w, relu):
-    """relu?(A^T M A + b) of every tile M = m[o, :, t].reshape(4, 4), float32 in the kernels' order: (C', H, W)."""
+    """relu?(A^T M A + b) of every tile M = m[o, :, t].reshape(6, 6), float32 in the kernels' order: (C', H, W)."""
     out = np.zeros((m.shape[0], h, w), np.float32)
+    s = WINOGRAD_M
     for o in range(m.shape[0]):
         for t, (ty, tx) in enumerate(winograd_tiles(h, w)):
-            y = _sequential_matmul32(WINOGRAD_AT, _sequential_matmul32(WINOGRAD_AT, m[o, :, t].reshape(4, 4)).T).T
+            y = _sequential_matmul32(WINOGRAD_AT, _sequential_matmul32(WINOGRAD_AT, m[o, :, t].reshape(6, 6)).T).T
             y = y + np.float32(bias[o])
             if relu:
                 y = np.maximum(y, 0)
-            rows, cols = min(2, h - 2 * ty), min(2, w - 2 * tx)
-            out[o, 2 * ty:2 * ty + rows, 2 * tx:2 * tx + cols] = y[:rows, :cols]
+            rows, cols = min(s, h - s * ty), min(s, w - s * tx)
+            out[o, s * ty:s * ty + rows, s * tx:s * tx + cols] = y[:rows, :cols]
     return out
 
 
@@ -186,18 +215,19 @@ def winograd_conv3x3_naive(x, weight, bias):
     every matrix and operand in absolute value, the quantity the float32 rounding error is bounded by."""
     x, weight = np.asarray(x, np.float64), np.asarray(weight, np.float64)
     h, w = x.shape[1:]
+    s, n = WINOGRAD_M, WINOGRAD_N
     tiles = winograd_tiles(h, w)
-    d = np.array([[winograd_input_tile(xc, ty, tx) for xc in x] for ty, tx in tiles]).reshape(len(tiles), len(x), 4, 4)
+    d = np.array([[winograd_input_tile(xc, ty, tx) for xc in x] for ty, tx in tiles]).reshape(len(tiles), len(x), n, n)
     results = []
     for f in (lambda a: a, np.abs):
         bt, g, at = f(WINOGRAD_BT), f(WINOGRAD_G), f(WINOGRAD_AT)
-        v = np.einsum("ik,tckl,jl->tcij", bt, f(d), bt)                    # (T, C, 4, 4)  B^T d B
-        u = np.einsum("ik,ockl,jl->ocij", g, f(weight), g)                 # (C', C, 4, 4)  G g G^T
-        m = np.einsum("tcij,ocij->toij", v, u)                             # (T, C', 4, 4)  summed over c
-        y = np.einsum("ik,tokl,jl->toij", at, m, at) + f(np.asarray(bias, np.float64))[:, None, None]   # (T, C', 2, 2)
+        v = np.einsum("ik,tckl,jl->tcij", bt, f(d), bt)                    # (T, C, 6, 6)  B^T d B
+        u = np.einsum("ik,ockl,jl->ocij", g, f(weight), g)                 # (C', C, 6, 6)  G g G^T
+        m = np.einsum("tcij,ocij->toij", v, u)                             # (T, C', 6, 6)  summed over c
+        y = np.einsum("ik,tokl,jl->toij", at, m, at) + f(np.asarray(bias, np.float64))[:, None, None]   # (T, C', 4, 4)
         out = np.zeros((weight.shape[0], h, w))
         for t, (ty, tx) in enumerate(tiles):
-            rows, cols = min(2, h - 2 * ty), min(2, w - 2 * tx)
-            out[:, 2 * ty:2 * ty + rows, 2 * tx:2 * tx + cols] = y[t, :, :rows, :cols]
+            rows, cols = min(s, h - s * ty), min(s, w - s * tx)
+            out[:, s * ty:s * ty + rows, s * tx:s * tx + cols] = y[t, :, :rows, :cols]
         results.append(out)
     return tuple(results)

@@ -20,8 +20,9 @@ input. A `Conv` is packed for one of the two layouts (`Conv.channels_last`).
 into a reused buffer of at most `IM2COL_BLOCK_BYTES`, so a 3x3 convolution at P2 (200x272, 256 channels: 500 MB
 unfolded) runs in 64 MB pieces; a 1x1 stride-1 convolution needs no unfolding (its input is the column matrix).
 The GEMM is NumPy's (BLAS, both cores). A 3x3 convolution with stride 1 and padding 1, most of the network's
-arithmetic, is packed for Winograd's F(2x2, 3x3) instead (`winograd.py`, 2.25x fewer multiplications). Bias, the residual of a ResNet block and the ReLU are applied to each output
-block right after its GEMM, while it is still in cache.
+arithmetic, is packed for Winograd's F(4x4, 3x3) instead (`winograd.py`, 4x fewer multiplications). Bias, the
+residual of a ResNet block and the ReLU are applied to each output block right after its GEMM, while it is still in
+cache.
 
 BatchNorm (frozen or eval-mode: `y = (x - mean) / sqrt(var + eps) * gamma + beta`) is affine per channel and is
 folded into the preceding convolution at load time (facts §11 "easy wins"):
@@ -58,13 +59,13 @@ class Conv:
 
     weight: np.ndarray      # float32 C-contiguous GEMM operand: (C', C*k*k) in (c, ky, kx) order for `conv2d`,
                             # (k*k*C, C') in (ky, kx, c) order for `conv2d_rois` (channels_last); if `winograd`,
-                            # the transformed filters (16, C', C), or (16, C, C') channels-last (winograd.py)
+                            # the transformed filters (36, C', C), or (36, C, C') channels-last (winograd.py)
     bias: np.ndarray        # (C',) float32; zeros when the layer has neither bias nor BatchNorm
     kernel: int
     stride: int
     padding: int
     channels_last: bool     # which layout `weight` is packed for
-    winograd: bool = False  # 3x3, stride 1, padding 1 by Winograd's F(2x2, 3x3) instead of im2col
+    winograd: bool = False  # 3x3, stride 1, padding 1 by Winograd's F(4x4, 3x3) instead of im2col
 
     @property
     def out_channels(self) -> int:
