@@ -61,9 +61,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from minimaskrcnn.config import Config  # noqa: E402
-from minimaskrcnn.demo.shapes import CLASS_NAMES, make_sample  # noqa: E402
+from minimaskrcnn.demo.shapes import CLASS_NAMES, MODEL_FILE, make_sample  # noqa: E402
 
-DEFAULT_OUT = ROOT / "minimaskrcnn" / "data" / "shapes_maskrcnn.npz"
+DEFAULT_OUT = ROOT / "minimaskrcnn" / "demo" / "data" / MODEL_FILE    # the shipped model (shapes.shipped_model_path)
 DEFAULT_CHECKPOINT = Path(tempfile.gettempdir()) / "minimaskrcnn_shapes" / "shapes_maskrcnn.pth"
 EVAL_SEED = 1000
 IMAGE_SIZE = 256                # the images: 256 x 256

@@ -62,6 +62,11 @@ def test_shipped_file():
     assert {a.dtype for k, a in arrays.items() if a.ndim < 2} == {np.dtype(np.float32)}
 
 
+def test_training_script_exports_and_evaluates_the_shipped_file():
+    """`train_shapes.py` writes (and --evaluate reads) the shipped file by default; it pointed at an old path."""
+    assert _train_shapes().DEFAULT_OUT.resolve() == shipped_model_path().resolve()
+
+
 def test_demo_writes_overlays_and_json(tmp_path):
     out = tmp_path / "demo"
     r = _run("demo", "-o", str(out), "--n", "2", "--seed", "5", "--threads", "2")
