@@ -119,7 +119,7 @@ def conv3x3(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> np.nd
 def conv3x3_rois(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
     """`relu?(conv3x3(x) + bias)` of a channels-last RoI batch x (N, H, W, C) -> (N, H, W, C'), U packed (36, C, C').
     A 14x14 RoI of the mask head takes 4x4 tiles, 16x16 outputs of which 14x14 are kept, and still ran faster than
-    F(2x2, 3x3)'s exact 7x7 tiles (100 RoIs, 256 channels: 28.8 against 34.4 ms; 7x7 RoIs: 72.7 against 110.6 ms)."""
+    F(2x2, 3x3)'s exact 7x7 tiles (100 RoIs, 256 channels: 28.2 against 33.6 ms; 7x7 RoIs: 70.3 against 110.0 ms)."""
     n, h, w, c_in = x.shape
     c_out = u.shape[2]
     out = np.empty((n, h, w, c_out), np.float32)                            # (N, H, W, C')
@@ -229,8 +229,8 @@ def _output_tiles_kernel(m, bias, ty0, ty1, relu, cols, rows, out, first, step):
                 for tx in range(tw):
                     y0, y1, y2, y3 = _at(s[r, tx], s[r + 1, tx], s[r + 2, tx], s[r + 3, tx], s[r + 4, tx], s[r + 5, tx])
                     k = 4 * tx
-                    y[i, k], y[i, k + 1], y[i, k + 2], y[i, k + 3] = \
-                        _bias_act(y0, b, relu), _bias_act(y1, b, relu), _bias_act(y2, b, relu), _bias_act(y3, b, relu)
+                    y[i, k], y[i, k + 1] = _bias_act(y0, b, relu), _bias_act(y1, b, relu)
+                    y[i, k + 2], y[i, k + 3] = _bias_act(y2, b, relu), _bias_act(y3, b, relu)
             for i in range(min(4, h - 4 * ty)):                             # the rows and columns inside the image
                 oy = 4 * ty + i
                 for ox in range(w):
@@ -300,8 +300,8 @@ def _output_tiles_rois_kernel(m, bias, n0, n1, relu, cols, rows, out, first, ste
                     for o in range(c_out):
                         y0, y1, y2, y3 = _at(s[r, o], s[r + 1, o], s[r + 2, o], s[r + 3, o], s[r + 4, o], s[r + 5, o])
                         b = bias[o]
-                        y[0, o], y[1, o], y[2, o], y[3, o] = \
-                            _bias_act(y0, b, relu), _bias_act(y1, b, relu), _bias_act(y2, b, relu), _bias_act(y3, b, relu)
+                        y[0, o], y[1, o] = _bias_act(y0, b, relu), _bias_act(y1, b, relu)
+                        y[2, o], y[3, o] = _bias_act(y2, b, relu), _bias_act(y3, b, relu)
                     for k in range(min(4, w - 4 * tx)):                     # the columns inside the RoI
                         for o in range(c_out):
                             out[n, 4 * ty + i, 4 * tx + k, o] = y[k, o]

@@ -2,9 +2,9 @@
 
 The transform kernels sum each row's terms in a fixed order, so they must equal the float32 matrix formulas of
 tests/naive_layers.py (matrices built there from the interpolation points) bit for bit. The whole convolution is
-checked against the exact float64 result with the bound of winograd.py's docstring: gamma_{C+21} times the Winograd magnitude |A^T| [sum_c |G||g||G^T| (*) |B^T||d||B|] |A|
-(+ |bias|, + |residual|); against torch, whose direct convolution errs by at most gamma_{9C+1} sum |g||d|, by the sum
-of the two bounds.
+checked against the exact float64 result with the bound of winograd.py's docstring: gamma_{C+21} times the
+Winograd magnitude |A^T| [sum_c |G||g||G^T| (*) |B^T||d||B|] |A| (+ |bias|, + |residual|); against torch, whose
+direct convolution errs by at most gamma_{9C+1} sum |g||d|, by the sum of the two bounds.
 """
 import numpy as np
 import pytest
@@ -136,7 +136,8 @@ def test_realistic_shapes_match_torch(c_in, c_out, h, w):
     direct_magnitude = conv2d_naive(np.abs(x), np.abs(weight), np.abs(bias), 1, 1)
     ref = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x)[None], torch.from_numpy(weight),
                                                 torch.from_numpy(bias), padding=1))[0].numpy()
-    assert np.all(np.abs(got - ref) <= gamma_bound(c_in + 21) * magnitude + gamma_bound(9 * c_in + 1) * direct_magnitude)
+    assert np.all(np.abs(got - ref) <= gamma_bound(c_in + 21) * magnitude +
+                  gamma_bound(9 * c_in + 1) * direct_magnitude)
     # and the typical error, not just the worst case: within 1e-5 of the output scale (measured 1.7e-6 to 4.1e-6)
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
     # the same map as a channels-last batch of 3 identical RoIs
