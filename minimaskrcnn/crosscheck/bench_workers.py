@@ -174,8 +174,8 @@ def _flop_rates(run, image, threads):
     """One more forward pass with every convolution, transposed convolution and fully connected layer timed: per
     kind the direct-method FLOPs (2 C' C k^2 H' W' per image or RoI batch, 2 K In Out for a linear layer: what the
     layer computes whatever the algorithm) and seconds; and, in this process, the float32 matmul rate of a
-    2048^3 product (the best of samples before and after the pass) and of the largest convolution's im2col GEMM. (The mask head's per-class 1x1, one row per RoI,
-    is left out: 0.04 GFLOP for 100 detections.)"""
+    2048^3 product (the best of samples before and after the pass) and of the largest convolution's im2col GEMM.
+    (The mask head's per-class 1x1, one row per RoI, is left out: 0.04 GFLOP for 100 detections.)"""
     from minimaskrcnn.stages import backbone, box_head, fpn, mask_head, rpn
     kinds, largest = {}, (0, None)
 
