@@ -95,12 +95,11 @@ def conv3x3(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> np.nd
     c_out = u.shape[1]
     th, tw = (h + 3) // 4, (w + 3) // 4
     out = np.empty((c_out, h, w), np.float32)                               # (C', H, W)
-    rows = max(1, BLOCK_BYTES // (4 * 36 * max(c_in, c_out) * tw))          # tile rows per block
+    rows = min(th, max(1, BLOCK_BYTES // (4 * 36 * max(c_in, c_out) * tw)))  # tile rows per block
     threads = numba.get_num_threads()
     d = np.zeros((threads, 6, 4 * tw + 2), np.float32)                     # per thread: 6 input rows, zero padded
     e = np.empty((threads, 6, 4 * tw + 2), np.float32)                     # per thread: B^T d of those rows
-    s = np.empty((threads, 24, tw), np.float32)                             # per thread: A^T M of a tile row
-    y = np.empty((threads, 4, 4 * tw), np.float32)                          # per thread: its 4 output rows
+    s = np.empty((threads, 24, rows * tw), np.float32)                      # per thread: A^T M of a block's tiles
     for ty0 in range(0, th, rows):
         ty1 = min(ty0 + rows, th)
         # C-contiguous views of the front of the buffers, also for a shorter last block: a sliced (strided) view
@@ -112,7 +111,7 @@ def conv3x3(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool) -> np.nd
         v, m = scratch("winograd_v", (c_in, 36, t)), scratch("winograd_m", (c_out, 36, t))   # (C, 36, T), (C', 36, T)
         run_interleaved(_input_tiles_kernel, c_in, x, ty0, ty1, d, e, v)               # channels over threads
         np.matmul(u, v.transpose(1, 0, 2), out=m.transpose(1, 0, 2))   # (36, C', C) @ (36, C, T) -> (36, C', T)
-        run_interleaved(_output_tiles_kernel, c_out, m, bias, ty0, ty1, relu, s, y, out)
+        run_interleaved(_output_tiles_kernel, c_out, m, bias, ty0, ty1, relu, s, out)
     return out
 
 
@@ -205,36 +204,50 @@ def _input_tiles_kernel(x, ty0, ty1, rows, cols, v, first, step):
 
 
 @njit(cache=True, nogil=True)
-def _output_tiles_kernel(m, bias, ty0, ty1, relu, cols, rows, out, first, step):
+def _output_tiles_kernel(m, bias, ty0, ty1, relu, cols, out, first, step):
     """out[o, 4ty : 4ty+4, 4tx : 4tx+4] = relu?(A^T M A + bias[o]) with M[i, j] = m[o, 6i + j, tile], for the tile
     rows ty0..ty1 (rows and columns beyond the image are dropped), for the channels o = first, first + step, ...;
-    this thread's buffers s = cols[first] (24, TW) hold A^T M of every tile of a tile row (its 4 x 6 values as rows
-    6i + j) and y = rows[first] (4, 4TW) the tile row's 4 output rows. A^T M goes tile by tile, reading the 36
-    rows m[o, :, t0:t0+TW] as 36 streams side by side (one row after another ran 2x slower, measured at P2); (A^T M) A
-    is a loop over the contiguous rows of s, which the compiler vectorizes."""
+    this thread's buffer s = cols[first] (24, >= T) holds A^T M of every tile of the block (its 4 x 6 values as rows
+    6i + j). Two passes per channel, each a loop over consecutive tiles that LLVM vectorizes: A^T M of all T tiles,
+    one column j of the 6 at a time, then (A^T M) A per output row (`_output_row`). Tile by tile, with the 36 values
+    of a tile gathered into scalars, ran 2x slower (the P2 block, 2026-12-03)."""
     c_out, h, w = out.shape
     tw = (w + 3) // 4
-    s, y = cols[first], rows[first]
+    t = (ty1 - ty0) * tw
+    s = cols[first]
     for o in range(first, c_out, step):
-        b = bias[o]
-        for ty in range(ty0, ty1):
-            t0 = (ty - ty0) * tw
-            for tx in range(tw):                                            # A^T M, tile by tile
-                t = t0 + tx
-                for j in range(6):
-                    s[j, tx], s[6 + j, tx], s[12 + j, tx], s[18 + j, tx] = _at(
-                        m[o, j, t], m[o, 6 + j, t], m[o, 12 + j, t], m[o, 18 + j, t], m[o, 24 + j, t], m[o, 30 + j, t])
-            for i in range(4):                                              # (A^T M) A, output row i of every tile
-                r = 6 * i
-                for tx in range(tw):
-                    y0, y1, y2, y3 = _at(s[r, tx], s[r + 1, tx], s[r + 2, tx], s[r + 3, tx], s[r + 4, tx], s[r + 5, tx])
-                    k = 4 * tx
-                    y[i, k], y[i, k + 1] = _bias_act(y0, b, relu), _bias_act(y1, b, relu)
-                    y[i, k + 2], y[i, k + 3] = _bias_act(y2, b, relu), _bias_act(y3, b, relu)
-            for i in range(min(4, h - 4 * ty)):                             # the rows and columns inside the image
-                oy = 4 * ty + i
-                for ox in range(w):
-                    out[o, oy, ox] = y[i, ox]
+        mo = m[o]                                                           # (36, T)
+        for j in range(6):                                                  # A^T M, column j of every tile
+            for k in range(t):
+                s[j, k], s[6 + j, k], s[12 + j, k], s[18 + j, k] = _at(
+                    mo[j, k], mo[6 + j, k], mo[12 + j, k], mo[18 + j, k], mo[24 + j, k], mo[30 + j, k])
+        for ty in range(ty0, ty1):                                          # (A^T M) A, the rows inside the image
+            for i in range(min(4, h - 4 * ty)):
+                _output_row(s, 6 * i, (ty - ty0) * tw, out[o, 4 * ty + i], bias[o], relu)
+
+
+@njit(cache=True, nogil=True)
+def _output_row(s, r, t0, row, b, relu):
+    """row[4tx : 4tx+4] = relu?(that row of (A^T M) A + b) for the tiles t0 + tx of one tile row, from the rows
+    r..r+5 of s (A^T M: output row i = r / 6 of every tile); the columns beyond the row's end are dropped.
+
+    Its own function, not inlined: inside the caller's loops this loop was not vectorized. The tile index is
+    unsigned because Numba wraps a possibly negative index (x[-1] is the last element), and the select that wrap
+    compiles to keeps LLVM from vectorizing a loop with several stores (measured: the wrap on t0 + tx alone made it
+    scalar)."""
+    w = row.shape[0]
+    full = w // 4                                                           # tiles whose 4 columns are all inside
+    for tx in range(full):
+        t = np.uint64(t0) + np.uint64(tx)
+        y0, y1, y2, y3 = _at(s[r, t], s[r + 1, t], s[r + 2, t], s[r + 3, t], s[r + 4, t], s[r + 5, t])
+        k = 4 * tx
+        row[k], row[k + 1] = _bias_act(y0, b, relu), _bias_act(y1, b, relu)
+        row[k + 2], row[k + 3] = _bias_act(y2, b, relu), _bias_act(y3, b, relu)
+    if 4 * full < w:                                                        # the last tile, 1 to 3 columns inside
+        t = t0 + full
+        y = _at(s[r, t], s[r + 1, t], s[r + 2, t], s[r + 3, t], s[r + 4, t], s[r + 5, t])
+        for k in range(w - 4 * full):
+            row[4 * full + k] = _bias_act(y[k], b, relu)
 
 
 @njit(cache=True, inline="always")

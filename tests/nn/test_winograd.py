@@ -41,13 +41,13 @@ def test_transform_kernels_equal_the_matrix_formulas_bitwise(c, n, h, w, relu, s
     got_out = np.full_like(expected_out, np.nan)
     rows = np.zeros((step, 6, 4 * tw + 2), np.float32)                       # row buffers, reused as conv3x3 does
     cols = np.full((step, 6, 4 * tw + 2), np.nan, np.float32)                # scratch: every element written first
-    tile_rows, out_rows = np.full((step, 24, tw), np.nan, np.float32), np.full((step, 4, 4 * tw), np.nan, np.float32)
+    tile_cols = np.full((step, 24, th * tw), np.nan, np.float32)             # scratch: A^T M of a block's tiles
     for ty0, ty1 in block_pairs(rng, th):
         got = np.full((c, 36, (ty1 - ty0) * tw), np.nan, np.float32)
         block = np.ascontiguousarray(m[:, :, ty0 * tw:ty1 * tw])
         for first in range(step):
             winograd._input_tiles_kernel(x, ty0, ty1, rows, cols, got, first, step)
-            winograd._output_tiles_kernel(block, bias, ty0, ty1, relu, tile_rows, out_rows, got_out, first, step)
+            winograd._output_tiles_kernel(block, bias, ty0, ty1, relu, tile_cols, got_out, first, step)
         np.testing.assert_array_equal(got, expected[:, :, ty0 * tw:ty1 * tw])
     np.testing.assert_array_equal(got_out, expected_out)
     # channels-last RoI batch, in arbitrary blocks of RoIs; tiles numbered (roi, ty, tx)
