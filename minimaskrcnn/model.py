@@ -16,6 +16,7 @@ import numpy as np
 from minimaskrcnn.image import to_network_input
 from minimaskrcnn.config import Config
 from minimaskrcnn.detections import Detections
+from minimaskrcnn import ops
 from minimaskrcnn.stages import backbone, box_head, fpn, mask_head, rpn, transform
 from minimaskrcnn.trace import Trace, trace_to_fill
 
@@ -84,6 +85,7 @@ class MaskRCNN:
             r = rpn.rpn_forward(w.rpn_head, p, x.shape[1:], size, cfg)
         t.record(**r._asdict())
         with t.timed("box_branch"):
+            p = [*ops.channels_last_views(p[:-1]), p[-1]]    # P2..P5 in RoIAlign's layout, once for both heads
             b = box_head.box_forward(w.box_head, p, r.proposals, size, cfg, score_thresh)
         t.record(**b._asdict())
         masks = None

@@ -11,11 +11,11 @@ from .boxes import (BBOX_XFORM_CLIP, box_area, box_iou, clip_boxes, decode_boxes
 from .nms import batched_nms, nms
 from .paste import paste_masks
 from .resize import resize_bilinear, resize_image, resized_size
-from .roi_align import fpn_levels, infer_scales, multiscale_roi_align, roi_align
+from .roi_align import channels_last_views, fpn_levels, infer_scales, multiscale_roi_align, roi_align
 
 __all__ = [
-    "BBOX_XFORM_CLIP", "anchor_strides", "batched_nms", "box_area", "box_iou", "cell_anchors", "clip_boxes",
-    "decode_boxes", "encode_boxes", "fpn_levels", "grid_anchors", "infer_scales", "multiscale_roi_align", "nms",
-    "num_anchors_per_level", "paste_masks", "remove_small_boxes", "resize_bilinear", "resize_image", "resized_size",
-    "roi_align",
+    "BBOX_XFORM_CLIP", "anchor_strides", "batched_nms", "box_area", "box_iou", "cell_anchors", "channels_last_views",
+    "clip_boxes", "decode_boxes", "encode_boxes", "fpn_levels", "grid_anchors", "infer_scales", "multiscale_roi_align",
+    "nms", "num_anchors_per_level", "paste_masks", "remove_small_boxes", "resize_bilinear", "resize_image",
+    "resized_size", "roi_align",
 ]

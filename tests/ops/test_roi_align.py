@@ -177,20 +177,32 @@ def test_infer_scales_match_torchvision(img_h, pad, img_w):
 
 @settings(max_examples=15)
 @given(seed=st.integers(0, 2**32 - 1), img_h=st.integers(40, 700), img_w=st.integers(40, 700),
-       k=st.integers(0, 40), out=st.sampled_from([7, 14, (5, 3)]), sampling=st.sampled_from([2, 0]))
-def test_multiscale_roi_align_matches_torchvision(seed, img_h, img_w, k, out, sampling):
+       k=st.integers(0, 40), out=st.sampled_from([7, 14, (5, 3)]), sampling=st.sampled_from([2, 0]),
+       reordered=st.booleans())
+def test_multiscale_roi_align_matches_torchvision(seed, img_h, img_w, k, out, sampling, reordered):
     torch, tv = oracle.torch(), oracle.torchvision()
     rng = np.random.default_rng(seed)
     hp, wp = -(-img_h // 32) * 32, -(-img_w // 32) * 32
     maps = [rng.standard_normal((3, hp // s, wp // s)).astype(np.float32) for s in (4, 8, 16, 32)]
     xy = rng.uniform(-20, [img_w, img_h], (k, 2))
     boxes = np.concatenate([xy, xy + np.exp(rng.uniform(0, 6.5, (k, 2)))], axis=1).astype(np.float32)
-    ours = ops.multiscale_roi_align(maps, boxes, (img_h, img_w), out, sampling)
+    ours = ops.multiscale_roi_align(ops.channels_last_views(maps) if reordered else maps, boxes, (img_h, img_w),
+                                    out, sampling)
     pooler = tv.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], out, sampling)
     x = OrderedDict((str(i), torch.from_numpy(m)[None]) for i, m in enumerate(maps))
     x["pool"] = torch.zeros((1, 3, 1, 1))                                        # present but not pooled
     ref = pooler(x, [torch.from_numpy(boxes)], [(img_h, img_w)]).numpy()
     np.testing.assert_array_equal(ours.view(np.int32), ref.view(np.int32))
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 2**32 - 1), c=st.integers(1, 6), h=st.integers(1, 9), w=st.integers(1, 9))
+def test_channels_last_views_are_equal_maps_laid_out_as_roi_align_samples_them(seed, c, h, w):
+    rng = np.random.default_rng(seed)
+    maps = [rng.standard_normal((c, h, w)).astype(np.float32), rng.standard_normal((c, w, h))[:, ::2]]
+    for view, m in zip(ops.channels_last_views(maps), maps):
+        np.testing.assert_array_equal(view, m)
+        assert view.dtype == m.dtype and view.transpose(1, 2, 0).flags.c_contiguous   # roi_align's copy is a no-op
 
 
 def test_multiscale_single_map_pools_everything_from_it():
