@@ -217,7 +217,9 @@ def _in_process_frames(detect: Callable, mask_threshold: float, entries: bool, f
     for index, image in frames:
         t0 = time.perf_counter()
         det = detect(image)
-        yield frame_output(index, image, det, mask_threshold, time.perf_counter() - t0, entries)
+        out = frame_output(index, image, det, mask_threshold, time.perf_counter() - t0, entries)
+        del det                  # not held while the next frame is predicted (README: Speed in your own program)
+        yield out
 
 
 def _frame_record(frame, out) -> dict:
