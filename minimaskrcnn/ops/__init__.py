@@ -1,9 +1,10 @@
 """Geometric operations of Mask R-CNN with torchvision's semantics: NumPy in, NumPy out.
 
 `boxes`: box area / IoU / clipping / small-box removal and the BoxCoder encode/decode; `nms`: greedy and per-class
-NMS; `anchors`: the RPN anchor grid; `roi_align`: RoIAlign, FPN level assignment and multi-scale pooling;
-`paste`: mask pasting; `resize`: the transform's resize. The hot loops are Numba kernels (`_*_kernel`), each with a
-slow reference in tests/naive.py; `parallel` runs the serial ones on several threads.
+NMS; `anchors`: the RPN anchor grid; `roi_align`: RoIAlign, FPN level assignment, multi-scale pooling and the
+channels-last layout it samples from; `paste`: mask pasting; `resize`: the transform's resize. The hot loops are
+Numba kernels (`_*_kernel`), each with a slow reference in tests/naive.py; `parallel` runs the serial ones on several
+threads.
 """
 from .anchors import anchor_strides, cell_anchors, grid_anchors, num_anchors_per_level
 from .boxes import (BBOX_XFORM_CLIP, box_area, box_iou, clip_boxes, decode_boxes, encode_boxes,
